@@ -1,0 +1,87 @@
+// The data that flows through the pipeline (ARCHITECTURE.md "The pipeline"):
+//   listener --RawMessage--> decoder --TelemetryRecord--> buffer --> forwarder
+// Every stage imports its inputs from here, so no stage needs to import another stage's internals.
+
+import type { WanwuError } from './errors.js';
+
+export type Transport = 'coap' | 'mqtt';
+export type Rat = 'nb-iot' | 'cat1' | 'redcap';
+export const RATS: readonly Rat[] = ['nb-iot', 'cat1', 'redcap'];
+
+/** What an uplink topic asks for, parsed once by the listener (src/transport/topic.ts). */
+export type UplinkRoute =
+  | { type: 'property-post' } //  /sys/{pk}/{dn}/thing/event/property/post
+  | { type: 'event-post'; eventId: string } //  /sys/{pk}/{dn}/thing/event/{eventId}/post
+  | { type: 'up-raw' }; //  /sys/{pk}/{dn}/thing/model/up_raw
+
+/** A packet from an identified device, before decoding. */
+export interface RawMessage {
+  transport: Transport;
+  productKey: string;
+  deviceName: string;
+  /** The Alink topic, e.g. `/sys/a1Water/meter-0001/thing/model/up_raw` (for CoAP: the path without `/topic`). */
+  topic: string;
+  route: UplinkRoute;
+  payload: Buffer;
+  /** Milliseconds since the epoch, taken when the packet was read off the socket. */
+  receivedAt: number;
+  /** `address:port` of the sender. */
+  peer: string;
+}
+
+export type RecordKind = 'property' | 'event';
+
+/**
+ * The normalized record (ARCHITECTURE.md "External contract"). Called `Record` there; named
+ * TelemetryRecord here so it does not shadow TypeScript's `Record<K, V>`.
+ */
+export interface TelemetryRecord {
+  /** Stable unique id (UUIDv7: time-ordered), kept across retries and restarts for de-duplication upstream. */
+  id: string;
+  productKey: string;
+  deviceName: string;
+  kind: RecordKind;
+  /** Event identifier, for kind "event". */
+  event?: string;
+  /** Device time in ms since the epoch (the Alink `time`), or receivedAt when the device sent none. */
+  ts: number;
+  /** Gateway receive time in ms since the epoch. */
+  receivedAt: number;
+  transport: Transport;
+  rat: Rat;
+  /** TSL identifier -> normalized value. */
+  data: Record<string, unknown>;
+  /** The device's Alink message `id`, when it sent one. */
+  msgId?: string;
+}
+
+/** What the pipeline tells a listener about one uplink; the listener turns it into a CoAP code or an Alink reply. */
+export interface IngestOutcome {
+  /** Set when the message was refused; absent when every record was committed. */
+  error?: WanwuError;
+  /** The device's Alink `id`, echoed in the reply. */
+  msgId?: string;
+  /** The Alink method for the reply (`thing.event.property.post` ...). */
+  method?: string;
+  /** Records committed for this message. */
+  committed: number;
+  /** True when the raw payload was kept in the dead-letter table. */
+  deadLettered: boolean;
+}
+
+/** The pipeline as the listeners see it: resolves after commit (or dead letter), never rejects. */
+export type IngestHandler = (raw: RawMessage) => Promise<IngestOutcome>;
+
+/** A structured logger (pino's calling convention). */
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+/** The lifecycle every stage exposes (convention 1 and 6): idempotent start and stop. */
+export interface Stage {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
