@@ -1,0 +1,161 @@
+// Composition root: builds every stage from the configuration and starts and stops them in order.
+//   start: registry -> buffer -> MQTT listener -> CoAP listener -> forwarders -> status
+//   stop:  listeners stop accepting -> in-flight commits finish -> forwarders close -> buffer -> status
+
+import { randomBytes } from 'node:crypto';
+import { createBuffer, type RecordBuffer } from './buffer/index.js';
+import type { Config } from './config/index.js';
+import { createForwarder, type Forwarder } from './forward/index.js';
+import { createPipeline, type Pipeline } from './pipeline.js';
+import { loadRegistry, type Registry } from './registry/index.js';
+import { buildStatus, createStatusServer, type StatusServer, type StatusSources } from './status/index.js';
+import { createCoapListener, type CoapListener } from './transport/coap/index.js';
+import { createMqttListener, type MqttAccount, type MqttListener } from './transport/mqtt/index.js';
+import type { Logger } from './types.js';
+import { VERSION } from './util/version.js';
+
+export interface Addresses {
+  coap: { address: string; port: number };
+  mqtt: { address: string; port: number };
+  http: { address: string; port: number };
+}
+
+export interface Gateway {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  addresses(): Addresses;
+  status(): ReturnType<typeof buildStatus>;
+}
+
+export function createGateway(config: Readonly<Config>, logger: Logger): Gateway {
+  let registry: Registry | null = null;
+  let buffer: RecordBuffer | null = null;
+  let pipeline: Pipeline | null = null;
+  let mqtt: MqttListener | null = null;
+  let coap: CoapListener | null = null;
+  let forwarders: Forwarder[] = [];
+  let status: StatusServer | null = null;
+  let ready = false;
+  let startedAt = Date.now();
+  let starting: Promise<void> | null = null;
+  let stopping: Promise<void> | null = null;
+
+  const sources: StatusSources = {
+    version: VERSION,
+    get startedAt() {
+      return startedAt;
+    },
+    ready: () => ready,
+    coap: () => coap?.stats() ?? null,
+    mqtt: () => mqtt?.stats() ?? null,
+    pipeline: () => pipeline!.stats(),
+    buffer: () => buffer!.stats(),
+    upstreams: () => forwarders.map((f) => f.stats()),
+    registry: () => ({ products: registry?.products.length ?? 0, devices: registry?.deviceCount ?? 0 }),
+  };
+
+  async function doStart(): Promise<void> {
+    startedAt = Date.now();
+    registry = loadRegistry(config.devicesDir);
+    for (const p of registry.products) {
+      logger.info({ productKey: p.productKey, rat: p.rat, devices: p.devices.size }, 'product loaded');
+    }
+    buffer = createBuffer({
+      path: config.storage.path,
+      sync: config.storage.sync,
+      logger,
+      upstreams: config.upstreams.map((u) => u.name),
+    });
+    await buffer.start();
+    pipeline = createPipeline({
+      registry,
+      buffer,
+      logger,
+      maxPayloadBytes: { coap: config.coap.maxPayloadBytes, mqtt: config.mqtt.maxPayloadBytes },
+    });
+
+    // The "local" upstream publishes into our own broker under an internal account made for this run.
+    const localAccount: MqttAccount = { username: '$wanwu-local-forwarder', password: randomBytes(24).toString('hex') };
+    mqtt = createMqttListener({
+      host: config.mqtt.host,
+      port: config.mqtt.port,
+      registry,
+      ingest: pipeline.ingest,
+      refuse: pipeline.refuse,
+      apps: config.mqtt.apps,
+      publishers: config.upstreams.some((u) => u.url === 'local') ? [localAccount] : [],
+      logger,
+    });
+    await mqtt.start();
+    coap = createCoapListener({
+      host: config.coap.host,
+      port: config.coap.port,
+      maxPayloadBytes: config.coap.maxPayloadBytes,
+      ingest: pipeline.ingest,
+      logger,
+    });
+    await coap.start();
+
+    const mqttAddr = mqtt.address();
+    const localHost = mqttAddr.address === '0.0.0.0' || mqttAddr.address === '::' ? '127.0.0.1' : mqttAddr.address;
+    forwarders = config.upstreams.map((u) => {
+      const local = u.url === 'local';
+      return createForwarder({
+        upstream: u,
+        url: local ? `mqtt://${localHost.includes(':') ? `[${localHost}]` : localHost}:${mqttAddr.port}` : u.url,
+        username: local ? localAccount.username : undefined,
+        password: local ? localAccount.password : undefined,
+        buffer: buffer!,
+        logger,
+      });
+    });
+    for (const f of forwarders) await f.start();
+
+    status = createStatusServer({ host: config.http.host, port: config.http.port, sources, logger });
+    await status.start();
+    ready = true;
+    const a = addresses();
+    logger.info(
+      { coap: `${a.coap.address}:${a.coap.port}/udp`, mqtt: `${a.mqtt.address}:${a.mqtt.port}`, http: `${a.http.address}:${a.http.port}`, storage: config.storage.path },
+      'wanwu gateway ready',
+    );
+  }
+
+  async function doStop(): Promise<void> {
+    ready = false;
+    // Stop intake first; commits already under way finish before the buffer closes.
+    await coap?.stop();
+    await mqtt?.stop();
+    await pipeline?.drain();
+    for (const f of forwarders) await f.stop();
+    await buffer?.stop();
+    await status?.stop();
+    logger.info({}, 'wanwu gateway stopped');
+  }
+
+  function addresses(): Addresses {
+    return {
+      coap: coap?.address() ?? { address: '', port: 0 },
+      mqtt: mqtt?.address() ?? { address: '', port: 0 },
+      http: status?.address() ?? { address: '', port: 0 },
+    };
+  }
+
+  return {
+    start() {
+      starting ??= doStart().catch(async (err: unknown) => {
+        // Release whatever did start, so a failed start leaves no socket or file open.
+        await doStop().catch(() => {});
+        throw err;
+      });
+      return starting;
+    },
+    stop() {
+      if (!starting) return Promise.resolve();
+      stopping ??= starting.catch(() => {}).then(doStop);
+      return stopping;
+    },
+    addresses,
+    status: () => buildStatus(sources, status?.address() ?? { address: '', port: 0 }),
+  };
+}

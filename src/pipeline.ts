@@ -1,0 +1,181 @@
+// The uplink pipeline as the listeners call it: RawMessage -> checks -> decode + validate -> commit.
+// Each step is one named function in UPLINK_STEPS (convention 5), so a new step is one line.
+// A device fault is dead-lettered (raw bytes kept) and answered with its code; a storage fault is
+// answered with WANWU_ERR_STORAGE so the listener withholds the acknowledgement and the device retries.
+
+import { asWanwuError, WanwuError, type ErrorCode } from './errors.js';
+import type { RecordBuffer } from './buffer/index.js';
+import type { Device, Product, Registry } from './registry/index.js';
+import { decodeUplink, type DecodedItem } from './thing-model/index.js';
+import type { IngestHandler, IngestOutcome, Logger, RawMessage, TelemetryRecord, Transport } from './types.js';
+import { uuidv7 } from './util/uuidv7.js';
+
+export interface PipelineOptions {
+  registry: Registry;
+  buffer: RecordBuffer;
+  logger: Logger;
+  /** Largest payload accepted per transport, in bytes. */
+  maxPayloadBytes: Record<Transport, number>;
+}
+
+export interface PipelineStats {
+  accepted: Record<Transport, number>;
+  records: Record<Transport, number>;
+  rejected: Record<Transport, number>;
+  /** Refusals by error code and transport, e.g. { WANWU_ERR_INVALID: { coap: 2, mqtt: 0 } }. */
+  rejectedByCode: Partial<Record<ErrorCode, Record<Transport, number>>>;
+  inFlight: number;
+}
+
+export interface Pipeline {
+  ingest: IngestHandler;
+  /**
+   * Records a refusal a listener decided on its own (e.g. a publish outside the device's namespace):
+   * counted, and dead-lettered with its payload. Resolves when the dead letter is durable.
+   */
+  refuse(raw: Omit<RawMessage, 'route'>, error: WanwuError): Promise<void>;
+  stats(): PipelineStats;
+  /** Resolves once every ingest under way has settled. */
+  drain(): Promise<void>;
+}
+
+interface Context {
+  raw: RawMessage;
+  product?: Product;
+  device?: Device;
+  items?: DecodedItem[];
+  outcome: IngestOutcome;
+}
+
+type Step = (ctx: Context, p: PipelineOptions) => void | Promise<void>;
+
+const checkSize: Step = (ctx, p) => {
+  const limit = p.maxPayloadBytes[ctx.raw.transport];
+  if (ctx.raw.payload.length > limit) {
+    throw new WanwuError('WANWU_ERR_TOO_LARGE', `payload of ${ctx.raw.payload.length} bytes exceeds the limit of ${limit}`);
+  }
+};
+
+const findDevice: Step = (ctx, p) => {
+  const product = p.registry.product(ctx.raw.productKey);
+  const device = product && p.registry.device(ctx.raw.productKey, ctx.raw.deviceName);
+  if (!product || !device) {
+    throw new WanwuError('WANWU_ERR_UNKNOWN_DEVICE', `unknown device ${ctx.raw.productKey}/${ctx.raw.deviceName}`);
+  }
+  ctx.product = product;
+  ctx.device = device;
+};
+
+const decode: Step = (ctx) => {
+  const result = decodeUplink(ctx.product!, ctx.raw.route, ctx.raw.payload);
+  if (result.msgId !== undefined) ctx.outcome.msgId = result.msgId;
+  if (result.method !== undefined) ctx.outcome.method = result.method;
+  if (!result.ok) throw result.error;
+  ctx.items = result.items;
+};
+
+const commit: Step = async (ctx, p) => {
+  const { raw, product, outcome } = ctx;
+  const records = ctx.items!.map((item): TelemetryRecord => {
+    const r: TelemetryRecord = {
+      id: uuidv7(raw.receivedAt),
+      productKey: raw.productKey,
+      deviceName: raw.deviceName,
+      kind: item.kind,
+      ts: item.ts ?? raw.receivedAt,
+      receivedAt: raw.receivedAt,
+      transport: raw.transport,
+      rat: product!.rat,
+      data: item.data,
+    };
+    if (item.event !== undefined) r.event = item.event;
+    if (outcome.msgId !== undefined) r.msgId = outcome.msgId;
+    return r;
+  });
+  // Rejects with WANWU_ERR_STORAGE: the device is then not acknowledged.
+  if (records.length > 0) await p.buffer.append(records);
+  outcome.committed = records.length;
+};
+
+export const UPLINK_STEPS: ReadonlyArray<readonly [name: string, step: Step]> = [
+  ['checkSize', checkSize],
+  ['findDevice', findDevice],
+  ['decode', decode],
+  ['commit', commit],
+];
+
+export function createPipeline(opts: PipelineOptions): Pipeline {
+  const zero = (): Record<Transport, number> => ({ coap: 0, mqtt: 0 });
+  const stats = {
+    accepted: zero(),
+    records: zero(),
+    rejected: zero(),
+    rejectedByCode: {} as PipelineStats['rejectedByCode'],
+  };
+  let inFlight = 0;
+  let idle: Array<() => void> = [];
+
+  const countRejection = (transport: Transport, code: ErrorCode) => {
+    stats.rejected[transport]++;
+    const byCode = (stats.rejectedByCode[code] ??= zero());
+    byCode[transport]++;
+  };
+
+  const deadLetter = (raw: Omit<RawMessage, 'route'>, error: WanwuError) =>
+    opts.buffer.deadLetter({
+      transport: raw.transport,
+      productKey: raw.productKey,
+      deviceName: raw.deviceName,
+      topic: raw.topic,
+      peer: raw.peer,
+      receivedAt: raw.receivedAt,
+      code: error.code,
+      message: error.message,
+      // Oversize payloads are kept up to the limit: enough to diagnose, bounded on disk.
+      payload: raw.payload.subarray(0, opts.maxPayloadBytes[raw.transport]),
+    });
+
+  const ingest: IngestHandler = async (raw) => {
+    inFlight++;
+    const ctx: Context = { raw, outcome: { committed: 0, deadLettered: false } };
+    try {
+      for (const [, step] of UPLINK_STEPS) await step(ctx, opts);
+      stats.accepted[raw.transport]++;
+      stats.records[raw.transport] += ctx.outcome.committed;
+    } catch (thrown) {
+      const error = asWanwuError(thrown);
+      ctx.outcome.error = error;
+      if (error.fault === 'device') {
+        countRejection(raw.transport, error.code);
+        try {
+          await deadLetter(raw, error);
+          ctx.outcome.deadLettered = true;
+        } catch (dlErr) {
+          // The payload could not be kept, so the device must not be acknowledged either.
+          ctx.outcome.error = asWanwuError(dlErr, 'WANWU_ERR_STORAGE');
+        }
+      } else {
+        countRejection(raw.transport, error.code);
+        if (error.fault === 'internal') opts.logger.error({ err: error.message, stack: (thrown as Error)?.stack }, 'uplink failed');
+      }
+      opts.logger.debug({ code: ctx.outcome.error.code, err: ctx.outcome.error.message, topic: raw.topic, peer: raw.peer }, 'uplink refused');
+    } finally {
+      if (--inFlight === 0) {
+        const waiters = idle;
+        idle = [];
+        for (const w of waiters) w();
+      }
+    }
+    return ctx.outcome;
+  };
+
+  return {
+    ingest,
+    async refuse(raw, error) {
+      countRejection(raw.transport, error.code);
+      await deadLetter(raw, error);
+    },
+    stats: () => ({ ...stats, inFlight }),
+    drain: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => idle.push(resolve))),
+  };
+}

@@ -1,0 +1,188 @@
+// Operator endpoints: GET /status (JSON), GET /metrics (Prometheus text, prom-client), GET /healthz.
+// Status only reads: every stage keeps its own plain counters and this module samples them on request,
+// so nothing here sits in the data path (ARCHITECTURE.md, pipeline step 5).
+
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import client from 'prom-client';
+import type { BufferStats } from '../buffer/index.js';
+import type { ForwarderStats } from '../forward/index.js';
+import type { PipelineStats } from '../pipeline.js';
+import type { CoapListenerStats } from '../transport/coap/index.js';
+import type { MqttListenerStats } from '../transport/mqtt/index.js';
+import type { Logger, Transport } from '../types.js';
+
+export interface StatusSources {
+  version: string;
+  startedAt: number;
+  ready(): boolean;
+  coap(): CoapListenerStats | null;
+  mqtt(): MqttListenerStats | null;
+  pipeline(): PipelineStats;
+  buffer(): BufferStats;
+  upstreams(): ForwarderStats[];
+  registry(): { products: number; devices: number };
+}
+
+export interface StatusServerOptions {
+  host: string;
+  port: number;
+  sources: StatusSources;
+  logger: Logger;
+}
+
+export interface StatusServer {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  address(): { address: string; port: number };
+}
+
+export function buildStatus(s: StatusSources, http: { address: string; port: number }) {
+  const pipeline = s.pipeline();
+  const buffer = s.buffer();
+  const total = (r: Record<Transport, number>) => ({ ...r, total: r.coap + r.mqtt });
+  return {
+    version: s.version,
+    uptimeS: Math.round((Date.now() - s.startedAt) / 1000),
+    ready: s.ready(),
+    listeners: { coap: s.coap(), mqtt: s.mqtt(), http },
+    registry: s.registry(),
+    ingest: {
+      accepted: total(pipeline.accepted),
+      records: total(pipeline.records),
+      rejected: total(pipeline.rejected),
+      rejectedByCode: pipeline.rejectedByCode,
+      inFlight: pipeline.inFlight,
+    },
+    buffer: {
+      path: buffer.path,
+      pending: buffer.pending,
+      records: buffer.records,
+      oldestPendingAgeS: buffer.oldestPendingAgeS,
+      deadLetters: buffer.deadLetters,
+      commits: buffer.commits,
+      commitErrors: buffer.commitErrors,
+    },
+    upstreams: s.upstreams(),
+  };
+}
+
+/** A prom-client registry whose metrics are sampled from the stages at scrape time. */
+export function createMetricsRegistry(s: StatusSources): client.Registry {
+  const registry = new client.Registry();
+  client.collectDefaultMetrics({ register: registry, prefix: 'wanwu_process_' });
+
+  // Counters are kept by the stages; at scrape time we copy their current totals in.
+  const counter = (name: string, help: string, labelNames: string[], read: () => Array<[Record<string, string>, number]>) =>
+    new client.Counter({
+      name, help, labelNames, registers: [registry],
+      collect() {
+        this.reset();
+        for (const [labels, v] of read()) if (v > 0) this.inc(labels, v);
+      },
+    });
+  const gauge = (name: string, help: string, labelNames: string[], read: () => Array<[Record<string, string>, number]>) =>
+    new client.Gauge({
+      name, help, labelNames, registers: [registry],
+      collect() {
+        this.reset();
+        for (const [labels, v] of read()) this.set(labels, v);
+      },
+    });
+  const transports: Transport[] = ['coap', 'mqtt'];
+
+  counter('wanwu_ingest_accepted_total', 'Uplink messages committed to the buffer', ['transport'], () =>
+    transports.map((t) => [{ transport: t }, s.pipeline().accepted[t]]));
+  counter('wanwu_ingest_records_total', 'Records committed to the buffer', ['transport'], () =>
+    transports.map((t) => [{ transport: t }, s.pipeline().records[t]]));
+  counter('wanwu_ingest_rejected_total', 'Uplink messages refused, by error code', ['transport', 'code'], () =>
+    Object.entries(s.pipeline().rejectedByCode).flatMap(([code, by]) => transports.map((t): [Record<string, string>, number] => [{ transport: t, code }, by![t]])));
+  gauge('wanwu_buffer_pending_records', 'Records not yet forwarded to every upstream', [], () => [[{}, s.buffer().pending]]);
+  gauge('wanwu_buffer_oldest_pending_age_seconds', 'Age of the oldest record some upstream still lacks', [], () => [[{}, s.buffer().oldestPendingAgeS]]);
+  gauge('wanwu_buffer_dead_letters', 'Payloads kept in the dead-letter table', [], () => [[{}, s.buffer().deadLetters]]);
+  counter('wanwu_buffer_commits_total', 'Group commits', [], () => [[{}, s.buffer().commits]]);
+  counter('wanwu_buffer_commit_errors_total', 'Failed group commits (devices not acknowledged)', [], () => [[{}, s.buffer().commitErrors]]);
+  gauge('wanwu_upstream_connected', '1 when the upstream connection is up', ['upstream'], () =>
+    s.upstreams().map((u) => [{ upstream: u.name }, u.connected ? 1 : 0]));
+  counter('wanwu_upstream_forwarded_total', 'Records acknowledged by the upstream', ['upstream'], () =>
+    s.upstreams().map((u) => [{ upstream: u.name }, u.forwarded]));
+  gauge('wanwu_upstream_pending_records', 'Records the upstream has not acknowledged yet', ['upstream'], () =>
+    s.upstreams().map((u) => [{ upstream: u.name }, u.pending]));
+  gauge('wanwu_upstream_in_flight', 'Records published and awaiting acknowledgement', ['upstream'], () =>
+    s.upstreams().map((u) => [{ upstream: u.name }, u.inFlight]));
+  counter('wanwu_upstream_reconnects_total', 'Upstream reconnect attempts', ['upstream'], () =>
+    s.upstreams().map((u) => [{ upstream: u.name }, u.reconnects]));
+  gauge('wanwu_mqtt_clients', 'Connected MQTT clients by role', ['role'], () => {
+    const m = s.mqtt();
+    return m ? [[{ role: 'device' }, m.devices], [{ role: 'app' }, m.apps], [{ role: 'all' }, m.clients]] : [];
+  });
+  counter('wanwu_mqtt_auth_failures_total', 'Refused MQTT logins by reason', ['code'], () =>
+    Object.entries(s.mqtt()?.authFailures ?? {}).map(([code, n]) => [{ code }, n ?? 0]));
+  counter('wanwu_mqtt_forbidden_total', 'Publishes and subscriptions outside the client namespace', [], () => [[{}, s.mqtt()?.forbidden ?? 0]]);
+  counter('wanwu_coap_requests_total', 'CoAP requests received', [], () => [[{}, s.coap()?.requests ?? 0]]);
+  counter('wanwu_coap_duplicates_total', 'CoAP duplicate requests answered from the de-duplication cache', [], () => [[{}, s.coap()?.duplicates ?? 0]]);
+  counter('wanwu_coap_responses_total', 'CoAP responses by code', ['code'], () =>
+    Object.entries(s.coap()?.responses ?? {}).map(([code, n]) => [{ code }, n]));
+  gauge('wanwu_devices', 'Devices known to the registry', [], () => [[{}, s.registry().devices]]);
+  return registry;
+}
+
+export function createStatusServer(opts: StatusServerOptions): StatusServer {
+  let server: Server | null = null;
+  let bound = { address: '', port: 0 };
+  const metrics = createMetricsRegistry(opts.sources);
+
+  const handle = async (method: string, path: string): Promise<{ status: number; type: string; body: string }> => {
+    if (method !== 'GET' && method !== 'HEAD') return { status: 405, type: 'text/plain', body: 'method not allowed\n' };
+    switch (path) {
+      case '/status':
+        return { status: 200, type: 'application/json', body: `${JSON.stringify(buildStatus(opts.sources, bound), null, 2)}\n` };
+      case '/metrics':
+        return { status: 200, type: metrics.contentType, body: await metrics.metrics() };
+      case '/healthz':
+        return opts.sources.ready()
+          ? { status: 200, type: 'text/plain', body: 'ok\n' }
+          : { status: 503, type: 'text/plain', body: 'starting\n' };
+      default:
+        return { status: 404, type: 'text/plain', body: 'not found: try /status, /metrics or /healthz\n' };
+    }
+  };
+
+  return {
+    async start() {
+      if (server) return;
+      const s = createServer((req, res) => {
+        const path = (req.url ?? '/').split('?')[0]!;
+        handle(req.method ?? 'GET', path).then(
+          (r) => {
+            res.writeHead(r.status, { 'content-type': r.type });
+            res.end(req.method === 'HEAD' ? undefined : r.body);
+          },
+          (err: Error) => {
+            opts.logger.error({ err: err.message }, 'status request failed');
+            res.writeHead(500, { 'content-type': 'text/plain' });
+            res.end('internal error\n');
+          },
+        );
+      });
+      await new Promise<void>((resolve, reject) => {
+        s.once('error', reject);
+        s.listen(opts.port, opts.host, () => {
+          s.off('error', reject);
+          resolve();
+        });
+      });
+      const a = s.address() as AddressInfo;
+      bound = { address: a.address, port: a.port };
+      server = s;
+    },
+    async stop() {
+      const s = server;
+      if (!s) return;
+      server = null;
+      s.closeAllConnections();
+      await new Promise<void>((resolve) => s.close(() => resolve()));
+    },
+    address: () => ({ ...bound }),
+  };
+}
