@@ -1,0 +1,91 @@
+// Shared test helpers: temp folders, a silent logger, an in-process aedes upstream, polling.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Aedes } from 'aedes';
+import type { Logger } from '../../src/types.js';
+
+export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+export function tempDir(prefix = 'wanwu-test-'): { path: string; cleanup(): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+export async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export interface UpstreamMessage {
+  topic: string;
+  payload: Buffer;
+  json: Record<string, unknown>;
+  qos: number;
+}
+
+/**
+ * An in-process aedes broker standing in for an upstream (integration tests). It records every
+ * PUBLISH it receives; stop() and start() again on the same port simulate an outage.
+ */
+export class TestUpstream {
+  readonly messages: UpstreamMessage[] = [];
+  port = 0;
+  private broker: Aedes | null = null;
+  private server: Server | null = null;
+  private sockets = new Set<Socket>();
+  connections = 0;
+
+  async start(port = this.port): Promise<void> {
+    // Messages are recorded in authorizePublish, which aedes runs before it sends PUBACK: an
+    // acknowledged message is always recorded, even if the broker is stopped right after.
+    const broker = await Aedes.createBroker({
+      maxClientsIdLength: 256,
+      authorizePublish: (_client, packet, done) => {
+        let json: Record<string, unknown> = {};
+        try {
+          json = JSON.parse(packet.payload.toString());
+        } catch {
+          /* not JSON */
+        }
+        this.messages.push({ topic: packet.topic, payload: Buffer.from(packet.payload), json, qos: packet.qos });
+        done(null);
+      },
+    });
+    broker.on('client', () => this.connections++);
+    const server = createServer(broker.handle as (s: Socket) => void);
+    server.on('connection', (s) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => resolve());
+    });
+    this.port = (server.address() as AddressInfo).port;
+    this.broker = broker;
+    this.server = server;
+  }
+
+  get url(): string {
+    return `mqtt://127.0.0.1:${this.port}`;
+  }
+
+  async stop(): Promise<void> {
+    const { broker, server } = this;
+    this.broker = null;
+    this.server = null;
+    for (const s of this.sockets) s.destroy();
+    if (server) await new Promise<void>((r) => server.close(() => r()));
+    if (broker) await new Promise<void>((r) => broker.close(() => r()));
+  }
+
+  records(): Array<Record<string, unknown>> {
+    return this.messages.map((m) => m.json);
+  }
+}
