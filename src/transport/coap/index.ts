@@ -1,0 +1,65 @@
+// CoAP listener (RFC 7252) for device uplinks: `POST /topic/sys/{pk}/{dn}/...` (ARCHITECTURE.md
+// "External contract"). Built on node:dgram + coap-packet rather than node-coap's server, whose
+// de-duplication cache keeps a few KB per request for 247 s; here an entry is a short key and the
+// response bytes, in generational maps with a size cap (dedup.ts).
+//
+// Answers: 2.04 once ingest resolves (after the SQLite commit), piggybacked or separate (§5.2);
+// refusals with the error's CoAP code and a diagnostic payload (§5.5.2); 4.04/4.05/4.13/4.02/5.05
+// decided by the listener itself (request.ts) without calling ingest.
+
+import type { IngestHandler, Logger } from '../../types.js';
+import { createListener } from './listener.js';
+
+export interface CoapListenerOptions {
+  /** Address to bind, e.g. '0.0.0.0', '::' or '127.0.0.1'. */
+  host: string;
+  /** UDP port to bind; 0 picks any free port (read it back with address()). */
+  port: number;
+  /** Largest request payload accepted, in bytes (config default 1024); larger gets 4.13 with Size1. */
+  maxPayloadBytes: number;
+  /** The pipeline: resolves after the record is committed (or dead-lettered); never rejects. */
+  ingest: IngestHandler;
+  logger: Logger;
+  /** Wall clock in ms since the epoch (receivedAt, de-duplication expiry); injectable for tests. */
+  now?: () => number;
+}
+
+export interface CoapListenerStats {
+  /** Bound address (the configured host before start). */
+  address: string;
+  port: number;
+  /** Distinct peers (address + port) that sent a request within the last EXCHANGE_LIFETIME (bounded). */
+  peers: number;
+  /** Request datagrams received, duplicates included. */
+  requests: number;
+  /** Requests recognized as retransmissions/duplicates (RFC 7252 §4.5) and not processed again. */
+  duplicates: number;
+  /** Messages sent, by response code ('2.04', '4.00', ...), plus 'ACK' (empty ACKs) and 'RST'. Retransmissions and repeats for duplicates are not counted. */
+  responses: Record<string, number>;
+  /** De-duplication entries held (CON + NON). */
+  dedupEntries: number;
+  /** Datagrams dropped without an answer: unparseable header, unknown version, empty NON, stray ACK/RST, arrivals while stopping. */
+  ignored: number;
+  /** Unexpected failures inside the listener (socket errors, handler exceptions); each is logged. */
+  errors: number;
+  /** Retransmissions of separate CON responses (RFC 7252 §4.2). */
+  retransmissions: number;
+  /** Separate CON responses never acknowledged after MAX_RETRANSMIT retransmissions. */
+  separateTimeouts: number;
+  /** Requests handed to ingest and not answered yet. */
+  inFlight: number;
+}
+
+export interface CoapListener {
+  /** Binds the socket; idempotent. */
+  start(): Promise<void>;
+  /** Stops accepting requests, waits for ingest calls under way, then closes the socket and clears every timer; idempotent. */
+  stop(): Promise<void>;
+  stats(): CoapListenerStats;
+  /** The bound address (the configured host and port before start). */
+  address(): { address: string; port: number };
+}
+
+export function createCoapListener(opts: CoapListenerOptions): CoapListener {
+  return createListener(opts);
+}

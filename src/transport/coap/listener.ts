@@ -1,0 +1,625 @@
+// The CoAP listener (RFC 7252) on node:dgram + coap-packet. See index.ts for the public API.
+//
+// Per datagram: peek the 4-byte header (§3) -> ACK/RST stop our separate responses; pings get RST;
+// requests are looked up in the de-duplication cache (§4.5) before being parsed, then checked
+// (request.ts), handed to ingest, and answered once ingest resolves: piggybacked in the ACK when
+// that takes less than `piggybackMs`, else as a separate CON response after an empty ACK (§5.2.2).
+//
+// Memory stays bounded at any rate: the de-duplication entries live in generational maps
+// (dedup.ts) holding a compact string key and the response bytes as a one-byte string; the only
+// per-request timers are those of separate responses, which are rare (ingest slower than 1 s).
+
+import dgram from 'node:dgram';
+import { isIPv6 } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { parse, type ParsedPacket } from 'coap-packet';
+import { asWanwuError } from '../../errors.js';
+import type { IngestOutcome, RawMessage } from '../../types.js';
+import { GenerationalMap } from './dedup.js';
+import type { CoapListener, CoapListenerOptions, CoapListenerStats } from './index.js';
+import {
+  ACK_RANDOM_FACTOR,
+  ACK_TIMEOUT_MS,
+  EXCHANGE_LIFETIME_MS,
+  MAX_RETRANSMIT,
+  NON_LIFETIME_MS,
+  TYPE_ACK,
+  TYPE_CON,
+  TYPE_RST,
+} from './protocol.js';
+import { inspectRequest, type UplinkTarget } from './request.js';
+import { encodeEmpty, encodeResponse, errorResponse, outcomeResponse, type Carrier, type ResponseSpec } from './responses.js';
+
+/** Internal knobs; the defaults are RFC 7252 §4.8's. Tests shorten the timers. */
+export interface CoapTuning {
+  /** How long to hold the ACK of a CON request waiting for ingest before sending an empty ACK (ms). */
+  piggybackMs: number;
+  /** RFC 7252 §4.8 ACK_TIMEOUT for our separate CON responses (ms). */
+  ackTimeoutMs: number;
+  /** RFC 7252 §4.8 ACK_RANDOM_FACTOR. */
+  ackRandomFactor: number;
+  /** RFC 7252 §4.8 MAX_RETRANSMIT. */
+  maxRetransmit: number;
+  /** RFC 7252 §4.8.2 EXCHANGE_LIFETIME: how long CON requests are remembered for de-duplication (ms). */
+  exchangeLifetimeMs: number;
+  /** RFC 7252 §4.8.2 NON_LIFETIME: how long NON requests are remembered (ms). */
+  nonLifetimeMs: number;
+  /** Generations per de-duplication map (>= 2). */
+  dedupGenerations: number;
+  /** Cap on de-duplication entries over CON and NON together (each map gets half). */
+  maxDedupEntries: number;
+  /** Ingest calls under way beyond which new requests get 5.03 (overload guard). */
+  maxInFlight: number;
+  /** Max-Age of 5.03 responses: seconds after which the device should retry. */
+  retryAfterS: number;
+  /** Random source for the ACK timeout jitter, in [0, 1). */
+  random: () => number;
+  /** Monotonic clock for the piggyback deadline (ms); independent of the injectable wall clock. */
+  monotonic: () => number;
+}
+
+export const DEFAULT_TUNING: Readonly<CoapTuning> = Object.freeze({
+  piggybackMs: 1_000,
+  ackTimeoutMs: ACK_TIMEOUT_MS,
+  ackRandomFactor: ACK_RANDOM_FACTOR,
+  maxRetransmit: MAX_RETRANSMIT,
+  exchangeLifetimeMs: EXCHANGE_LIFETIME_MS,
+  nonLifetimeMs: NON_LIFETIME_MS,
+  dedupGenerations: 3,
+  maxDedupEntries: 500_000,
+  maxInFlight: 10_000,
+  retryAfterS: 30,
+  random: Math.random,
+  monotonic: () => performance.now(),
+});
+
+/** A request handed to ingest, until its response is sent. */
+interface Exchange {
+  /** De-duplication key (see dedupKey). */
+  key: string;
+  address: string;
+  port: number;
+  messageId: number;
+  token: Buffer;
+  confirmable: boolean;
+  /** The topic takes an Alink JSON reply (property/event post); up_raw gets a bare 2.04. */
+  alinkJson: boolean;
+  /** An empty ACK went out: the response must travel as a separate CON (RFC 7252 §5.2.2). */
+  separate: boolean;
+  /** Monotonic time at which to give up piggybacking (CON only). */
+  deadline: number;
+}
+
+/** A separate CON response awaiting the device's ACK (RFC 7252 §4.2). */
+interface Outgoing {
+  key: string;
+  bytes: Buffer;
+  address: string;
+  port: number;
+  retransmits: number;
+  timeoutMs: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** Value of a de-duplication entry whose request is still with ingest (a response is never empty). */
+const IN_PROGRESS = '';
+
+/** Longest address written into the key scratch buffer (IPv6 with a zone id fits comfortably). */
+const MAX_ADDRESS_CHARS = 100;
+
+export function createListener(opts: CoapListenerOptions, tuningOverrides: Partial<CoapTuning> = {}): CoapListener {
+  const tuning: CoapTuning = { ...DEFAULT_TUNING, ...tuningOverrides };
+  const { host, logger, ingest, maxPayloadBytes } = opts;
+  const now = opts.now ?? Date.now;
+
+  let socket: dgram.Socket | null = null;
+  let bound: { address: string; port: number } | null = null;
+  let accepting = false;
+  let starting: Promise<void> | null = null;
+  let stopping: Promise<void> | null = null;
+
+  // De-duplication (RFC 7252 §4.5): CON and NON requests have different lifetimes (§4.8.2).
+  let conSeen: GenerationalMap<string>;
+  let nonSeen: GenerationalMap<string>;
+  let peersSeen: GenerationalMap<true>;
+  resetCaches();
+
+  // CON exchanges waiting for ingest, in arrival order = deadline order (constant delay), so one
+  // timer armed for the head covers them all.
+  const awaitingPiggyback = new Set<Exchange>();
+  let piggybackTimer: NodeJS.Timeout | undefined;
+  /** Separate CON responses awaiting an ACK, by `${address}|${port}|${messageId}`. */
+  const outgoing = new Map<string, Outgoing>();
+  let maintenanceTimer: NodeJS.Timeout | undefined;
+
+  let inFlight = 0;
+  let drained: (() => void) | null = null;
+  let sendsPending = 0;
+  let sendsFlushed: (() => void) | null = null;
+  // Our message ids for NON and separate CON responses (§4.4), starting at a random point.
+  let nextMessageId = Math.floor(tuning.random() * 0x10000) & 0xffff;
+
+  const counters = {
+    requests: 0,
+    duplicates: 0,
+    responses: Object.create(null) as Record<string, number>,
+    ignored: 0,
+    errors: 0,
+    retransmissions: 0,
+    separateTimeouts: 0,
+  };
+
+  // Scratch space for building de-duplication keys without intermediate strings.
+  const scratch = Buffer.allocUnsafe(MAX_ADDRESS_CHARS + 3 + 2 + 8);
+
+  function resetCaches(): void {
+    const t = now();
+    const half = Math.max(tuning.dedupGenerations, Math.floor(tuning.maxDedupEntries / 2));
+    conSeen = new GenerationalMap({ lifetimeMs: tuning.exchangeLifetimeMs, generations: tuning.dedupGenerations, maxEntries: half, startMs: t });
+    nonSeen = new GenerationalMap({ lifetimeMs: tuning.nonLifetimeMs, generations: tuning.dedupGenerations, maxEntries: half, startMs: t });
+    peersSeen = new GenerationalMap({
+      lifetimeMs: tuning.exchangeLifetimeMs,
+      generations: tuning.dedupGenerations,
+      maxEntries: Math.max(tuning.dedupGenerations, tuning.maxDedupEntries),
+      startMs: t,
+    });
+  }
+
+  function count(code: string): void {
+    counters.responses[code] = (counters.responses[code] ?? 0) + 1;
+  }
+
+  function send(bytes: Buffer, port: number, address: string): void {
+    if (socket === null) return;
+    try {
+      if (accepting) {
+        // No callback: a send error is emitted as the socket's 'error' event, which we log.
+        socket.send(bytes, port, address);
+      } else {
+        // Stopping: dgram sends on a later tick, so track the send for stop() to wait on before close.
+        sendsPending++;
+        socket.send(bytes, port, address, onStopSent);
+      }
+    } catch (err) {
+      counters.errors++;
+      logger.debug({ err, peer: `${address}:${port}` }, 'CoAP send failed');
+    }
+  }
+
+  function onStopSent(err: Error | null): void {
+    if (err) {
+      counters.errors++;
+      logger.debug({ err }, 'CoAP send failed while stopping');
+    }
+    sendsPending--;
+    if (sendsPending === 0 && sendsFlushed !== null) sendsFlushed();
+  }
+
+  function allocMessageId(): number {
+    const id = nextMessageId;
+    nextMessageId = (nextMessageId + 1) & 0xffff;
+    return id;
+  }
+
+  /** Answers a request right away: piggybacked in the ACK for CON, as a NON with a fresh id for NON. */
+  function respondNow(confirmable: boolean, messageId: number, token: Buffer, spec: ResponseSpec, address: string, port: number): Buffer {
+    const carrier: Carrier = confirmable ? 'ack' : 'non';
+    const bytes = encodeResponse(carrier, confirmable ? messageId : allocMessageId(), token, spec);
+    send(bytes, port, address);
+    count(spec.code);
+    return bytes;
+  }
+
+  function reset(messageId: number, address: string, port: number): void {
+    send(encodeEmpty(TYPE_RST, messageId), port, address);
+    count('RST');
+  }
+
+  // --- incoming datagrams -------------------------------------------------------------------
+
+  function onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    try {
+      handleDatagram(msg, rinfo.address, rinfo.port);
+    } catch (err) {
+      // Never let a device's datagram take the listener down (convention 10).
+      counters.errors++;
+      logger.debug({ err, peer: `${rinfo.address}:${rinfo.port}` }, 'CoAP datagram handling failed');
+    }
+  }
+
+  function handleDatagram(msg: Buffer, address: string, port: number): void {
+    // RFC 7252 §3: Ver(2) T(2) TKL(4) | Code(8) | Message ID(16)
+    if (msg.length < 4) {
+      counters.ignored++; // not even a header: silently ignored
+      return;
+    }
+    const b0 = msg[0]!;
+    if (b0 >> 6 !== 1) {
+      counters.ignored++; // §3: unknown version numbers MUST be silently ignored
+      return;
+    }
+    const type = (b0 >> 4) & 0x03;
+    const tkl = b0 & 0x0f;
+    const code = msg[1]!;
+    const messageId = (msg[2]! << 8) | msg[3]!;
+    const confirmable = type === TYPE_CON;
+
+    if (type === TYPE_ACK || type === TYPE_RST) {
+      onAckOrReset(type, messageId, address, port);
+      return;
+    }
+    if (!accepting) {
+      counters.ignored++;
+      return;
+    }
+    if (code === 0) {
+      // §4.3 "CoAP ping": an Empty CON is answered with RST. An Empty NON is meaningless: ignored.
+      if (confirmable) reset(messageId, address, port);
+      else counters.ignored++;
+      return;
+    }
+    if (code >> 5 !== 0 || tkl > 8 || msg.length < 4 + tkl) {
+      // A response (we send no requests), a reserved class (§12.1), or a reserved token length
+      // (§3: 9-15) / truncated token: a message format error. §4.2: reject a CON with RST; §4.3:
+      // ignore a NON.
+      rejectOrIgnore(confirmable, messageId, address, port);
+      return;
+    }
+
+    counters.requests++;
+    const receivedAt = now();
+    conSeen.maintain(receivedAt);
+    nonSeen.maintain(receivedAt);
+    peersSeen.maintain(receivedAt);
+
+    // Keys: address '|' port(2 bytes) [ messageId(2 bytes) token ]. Built in one buffer so each is
+    // a single flat one-byte string (a concatenated key would keep its pieces alive in the map).
+    // The token is part of the key: a retransmission repeats it byte for byte (§4.2), while a
+    // device that reuses a message id after the lifetime usually picks a new one.
+    let peerKey: string;
+    let key: string;
+    if (address.length <= MAX_ADDRESS_CHARS) {
+      let n = scratch.write(address, 0, 'latin1');
+      scratch[n++] = 0x7c; // '|'
+      scratch[n++] = port >> 8;
+      scratch[n++] = port & 0xff;
+      peerKey = scratch.toString('latin1', 0, n);
+      scratch[n++] = msg[2]!;
+      scratch[n++] = msg[3]!;
+      n += msg.copy(scratch, n, 4, 4 + tkl);
+      key = scratch.toString('latin1', 0, n);
+    } else {
+      peerKey = `${address}|${port}`;
+      key = `${peerKey}|${messageId}|${msg.toString('hex', 4, 4 + tkl)}`;
+    }
+    peersSeen.touch(peerKey, true);
+
+    const seen = confirmable ? conSeen : nonSeen;
+    const known = seen.get(key);
+    if (known !== undefined) {
+      // §4.5: a duplicate. Send the same response again if there is one; while ingest is still
+      // working on a CON inside the piggyback window, stay silent (the ACK follows shortly; a second
+      // ACK would force a separate response). After an empty ACK, `known` holds that empty ACK.
+      counters.duplicates++;
+      if (known !== IN_PROGRESS) send(Buffer.from(known, 'latin1'), port, address);
+      return;
+    }
+
+    let packet: ParsedPacket;
+    try {
+      packet = parse(msg);
+    } catch (err) {
+      logger.debug({ err: (err as Error).message, peer: `${address}:${port}` }, 'CoAP request does not parse');
+      rejectOrIgnore(confirmable, messageId, address, port);
+      return;
+    }
+
+    const verdict = inspectRequest(packet, confirmable, maxPayloadBytes);
+    if (verdict.kind === 'reject') {
+      rejectOrIgnore(confirmable, messageId, address, port);
+      return;
+    }
+    if (verdict.kind === 'respond') {
+      // Refusals decided here are deterministic, so they are not cached: a retransmission gets the
+      // same answer again (§4.5 allows this for idempotent handling). Nothing is dead-lettered.
+      respondNow(confirmable, messageId, packet.token, verdict.response, address, port);
+      return;
+    }
+    if (inFlight >= tuning.maxInFlight) {
+      const spec = errorResponse('5.03', `WANWU_ERR_BUFFER_FULL ${inFlight} requests in progress; retry later`, tuning.retryAfterS);
+      respondNow(confirmable, messageId, packet.token, spec, address, port);
+      return;
+    }
+    seen.add(key, IN_PROGRESS);
+    startExchange(verdict.target, packet, key, confirmable, messageId, address, port, receivedAt);
+  }
+
+  function rejectOrIgnore(confirmable: boolean, messageId: number, address: string, port: number): void {
+    if (confirmable) reset(messageId, address, port);
+    else counters.ignored++;
+  }
+
+  function startExchange(
+    target: UplinkTarget,
+    packet: ParsedPacket,
+    key: string,
+    confirmable: boolean,
+    messageId: number,
+    address: string,
+    port: number,
+    receivedAt: number,
+  ): void {
+    const ex: Exchange = {
+      key,
+      address,
+      port,
+      messageId,
+      token: packet.token,
+      confirmable,
+      alinkJson: target.route.type !== 'up-raw',
+      separate: false,
+      deadline: 0,
+    };
+    const raw: RawMessage = {
+      transport: 'coap',
+      productKey: target.productKey,
+      deviceName: target.deviceName,
+      topic: target.topic,
+      route: target.route,
+      payload: packet.payload,
+      receivedAt,
+      peer: `${address}:${port}`,
+    };
+    inFlight++;
+    if (confirmable) {
+      ex.deadline = tuning.monotonic() + tuning.piggybackMs;
+      awaitingPiggyback.add(ex);
+      armPiggybackTimer();
+    }
+    let result: Promise<IngestOutcome>;
+    try {
+      result = Promise.resolve(ingest(raw));
+    } catch (err) {
+      result = Promise.reject(err);
+    }
+    result.then(
+      (outcome) => finish(ex, outcome),
+      (err: unknown) => finish(ex, { error: asWanwuError(err), committed: 0, deadLettered: false }),
+    );
+  }
+
+  /** Sends the response for an exchange once ingest has resolved. */
+  function finish(ex: Exchange, outcome: IngestOutcome): void {
+    try {
+      if (ex.confirmable && !ex.separate) awaitingPiggyback.delete(ex);
+      if (outcome.error !== undefined && outcome.error.coapCode === '5.00') {
+        logger.warn({ err: outcome.error, peer: `${ex.address}:${ex.port}` }, 'CoAP ingest failed internally');
+      }
+      const spec = outcomeResponse(outcome, ex.alinkJson, tuning.retryAfterS);
+      if (socket === null) {
+        counters.ignored++; // stopped: the response is dropped
+        return;
+      }
+      if (!ex.confirmable) {
+        const bytes = respondNow(false, ex.messageId, ex.token, spec, ex.address, ex.port);
+        nonSeen.update(ex.key, bytes.toString('latin1'));
+      } else if (!ex.separate) {
+        // §5.2.1: piggybacked in the ACK, same message id, token echoed.
+        const bytes = respondNow(true, ex.messageId, ex.token, spec, ex.address, ex.port);
+        conSeen.update(ex.key, bytes.toString('latin1'));
+      } else {
+        // §5.2.2: separate response as a CON with our own message id; the cached answer for a
+        // retransmitted request stays the empty ACK.
+        const messageId = allocMessageId();
+        sendSeparate(encodeResponse('con', messageId, ex.token, spec), messageId, ex.address, ex.port);
+        count(spec.code);
+      }
+    } catch (err) {
+      counters.errors++;
+      logger.debug({ err, peer: `${ex.address}:${ex.port}` }, 'CoAP response failed');
+    } finally {
+      inFlight--;
+      if (inFlight === 0 && drained !== null) drained();
+    }
+  }
+
+  // --- piggyback window (RFC 7252 §5.2.2) ----------------------------------------------------
+
+  function armPiggybackTimer(): void {
+    if (piggybackTimer !== undefined || awaitingPiggyback.size === 0) return;
+    const head = awaitingPiggyback.values().next().value as Exchange;
+    piggybackTimer = setTimeout(onPiggybackTimer, Math.max(0, head.deadline - tuning.monotonic()));
+  }
+
+  function onPiggybackTimer(): void {
+    piggybackTimer = undefined;
+    try {
+      const t = tuning.monotonic();
+      for (const ex of awaitingPiggyback) {
+        if (ex.deadline > t) break;
+        awaitingPiggyback.delete(ex);
+        // Ingest is slow: acknowledge the request now so the device stops retransmitting, and send
+        // the response later as a separate CON.
+        ex.separate = true;
+        const ack = encodeEmpty(TYPE_ACK, ex.messageId);
+        send(ack, ex.port, ex.address);
+        count('ACK');
+        conSeen.update(ex.key, ack.toString('latin1'));
+      }
+    } catch (err) {
+      counters.errors++;
+      logger.debug({ err }, 'CoAP piggyback timer failed');
+    }
+    armPiggybackTimer();
+  }
+
+  // --- separate responses and their retransmission (RFC 7252 §4.2) ---------------------------
+
+  function sendSeparate(bytes: Buffer, messageId: number, address: string, port: number): void {
+    send(bytes, port, address);
+    // §4.2: initial timeout random in [ACK_TIMEOUT, ACK_TIMEOUT * ACK_RANDOM_FACTOR], doubled each time.
+    const timeoutMs = tuning.ackTimeoutMs * (1 + tuning.random() * (tuning.ackRandomFactor - 1));
+    const o: Outgoing = { key: `${address}|${port}|${messageId}`, bytes, address, port, retransmits: 0, timeoutMs, timer: undefined };
+    o.timer = setTimeout(onRetransmitTimer, timeoutMs, o);
+    outgoing.set(o.key, o);
+  }
+
+  function onRetransmitTimer(o: Outgoing): void {
+    if (o.retransmits >= tuning.maxRetransmit) {
+      // §4.2: the attempt is given up after MAX_RETRANSMIT retransmissions.
+      outgoing.delete(o.key);
+      counters.separateTimeouts++;
+      logger.debug({ peer: `${o.address}:${o.port}` }, 'CoAP separate response not acknowledged; giving up');
+      return;
+    }
+    o.retransmits++;
+    o.timeoutMs *= 2;
+    counters.retransmissions++;
+    send(o.bytes, o.port, o.address);
+    o.timer = setTimeout(onRetransmitTimer, o.timeoutMs, o);
+  }
+
+  function onAckOrReset(type: number, messageId: number, address: string, port: number): void {
+    if (outgoing.size === 0) {
+      counters.ignored++;
+      return;
+    }
+    const key = `${address}|${port}|${messageId}`;
+    const o = outgoing.get(key);
+    if (o === undefined) {
+      counters.ignored++; // not ours (or a duplicate ACK): silently ignored (§4.2)
+      return;
+    }
+    clearTimeout(o.timer);
+    outgoing.delete(key);
+    if (type === TYPE_RST) logger.debug({ peer: `${address}:${port}` }, 'CoAP separate response rejected with RST');
+  }
+
+  // --- lifecycle ------------------------------------------------------------------------------
+
+  function onSocketError(err: Error): void {
+    counters.errors++;
+    logger.warn({ err }, 'CoAP socket error');
+  }
+
+  async function doStart(): Promise<void> {
+    const s = dgram.createSocket({ type: isIPv6(host) ? 'udp6' : 'udp4' });
+    await new Promise<void>((resolve, reject) => {
+      const onBindError = (err: Error): void => {
+        s.removeAllListeners();
+        try {
+          s.close();
+        } catch {
+          // already closed
+        }
+        reject(err);
+      };
+      s.once('error', onBindError);
+      s.bind(opts.port, host, () => {
+        s.removeListener('error', onBindError);
+        resolve();
+      });
+    });
+    s.on('error', onSocketError);
+    s.on('message', onMessage);
+    socket = s;
+    const a = s.address();
+    bound = { address: a.address, port: a.port };
+    resetCaches();
+    // Frees expired generations when traffic stops (lookups rotate lazily otherwise).
+    const span = Math.max(1_000, Math.floor(tuning.nonLifetimeMs / Math.max(1, tuning.dedupGenerations - 1)));
+    maintenanceTimer = setInterval(() => {
+      const t = now();
+      conSeen.maintain(t);
+      nonSeen.maintain(t);
+      peersSeen.maintain(t);
+    }, span);
+    maintenanceTimer.unref();
+    accepting = true;
+    logger.info({ address: bound.address, port: bound.port }, 'CoAP listener started');
+  }
+
+  async function doStop(): Promise<void> {
+    // 1. Stop accepting new requests (ACKs for our separate responses are still processed).
+    accepting = false;
+    // 2. Let every ingest under way finish; their responses go out while the socket is open.
+    if (inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        drained = resolve;
+      });
+      drained = null;
+    }
+    // 3. Release every timer, then the socket once the last responses have left.
+    if (piggybackTimer !== undefined) clearTimeout(piggybackTimer);
+    piggybackTimer = undefined;
+    awaitingPiggyback.clear();
+    for (const o of outgoing.values()) clearTimeout(o.timer);
+    outgoing.clear();
+    if (maintenanceTimer !== undefined) clearInterval(maintenanceTimer);
+    maintenanceTimer = undefined;
+    if (sendsPending > 0) {
+      await new Promise<void>((resolve) => {
+        sendsFlushed = resolve;
+      });
+      sendsFlushed = null;
+    }
+    // Sends made just before stop() (untracked) leave on the next tick: let them go first.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    const s = socket;
+    socket = null;
+    bound = null;
+    if (s !== null) {
+      await new Promise<void>((resolve) => s.close(() => resolve()));
+      s.removeAllListeners();
+    }
+    resetCaches();
+    logger.info({}, 'CoAP listener stopped');
+  }
+
+  return {
+    async start(): Promise<void> {
+      if (stopping !== null) await stopping;
+      if (socket !== null) return;
+      if (starting === null) {
+        starting = doStart().finally(() => {
+          starting = null;
+        });
+      }
+      return starting;
+    },
+
+    async stop(): Promise<void> {
+      if (starting !== null) await starting.catch(() => undefined);
+      if (stopping === null) {
+        if (socket === null) return;
+        stopping = doStop().finally(() => {
+          stopping = null;
+        });
+      }
+      return stopping;
+    },
+
+    stats(): CoapListenerStats {
+      const a = bound ?? { address: host, port: opts.port };
+      return {
+        address: a.address,
+        port: a.port,
+        peers: peersSeen.size,
+        requests: counters.requests,
+        duplicates: counters.duplicates,
+        responses: { ...counters.responses },
+        dedupEntries: conSeen.size + nonSeen.size,
+        ignored: counters.ignored,
+        errors: counters.errors,
+        retransmissions: counters.retransmissions,
+        separateTimeouts: counters.separateTimeouts,
+        inFlight,
+      };
+    },
+
+    address(): { address: string; port: number } {
+      const a = bound ?? { address: host, port: opts.port };
+      return { address: a.address, port: a.port };
+    },
+  };
+}
