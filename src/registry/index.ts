@@ -1,0 +1,180 @@
+// Products and devices, loaded once at start from devices/ (ARCHITECTURE.md "Products live in devices/"):
+//   devices/<productKey>/product.json   {"productKey", "name", "rat", "codec": {"type", ...}, "description"?}
+//   devices/<productKey>/model.json     Alibaba TSL thing model (optional: without it values pass unvalidated)
+//   devices/<productKey>/devices.json   [{"deviceName", "deviceSecret", "imei"?, "iccid"?}] (optional)
+// Anything broken is refused with WANWU_ERR_PRODUCT naming the file and key path.
+
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { WanwuError } from '../errors.js';
+import { DefinitionReader, keyPath } from '../thing-model/check.js';
+import { buildCodec } from '../thing-model/codecs/index.js';
+import { parseThingModel, type ThingModel } from '../thing-model/tsl.js';
+import type { Codec } from '../thing-model/types.js';
+import { compileModel } from '../thing-model/validate.js';
+import { RATS, type Rat } from '../types.js';
+
+export interface Device {
+  productKey: string;
+  deviceName: string;
+  deviceSecret: string;
+  imei?: string;
+  iccid?: string;
+}
+
+export interface Product {
+  productKey: string;
+  name: string;
+  rat: Rat;
+  /** The product's folder, as given to loadRegistry. */
+  dir: string;
+  model: ThingModel | null;
+  /** Built once at load. */
+  codec: Codec;
+  devices: ReadonlyMap<string, Device>;
+}
+
+export interface Registry {
+  product(productKey: string): Product | undefined;
+  device(productKey: string, deviceName: string): Device | undefined;
+  /** Sorted by productKey. */
+  readonly products: readonly Product[];
+  readonly deviceCount: number;
+}
+
+/** The parsed contents of one product folder (what loadRegistry reads; tests build products from it directly). */
+export interface ProductSource {
+  /** The product's folder; its last segment must equal product.json's productKey. Files are named under it in errors. */
+  dir: string;
+  product: unknown;
+  /** model.json; null or undefined when the product has none. */
+  model?: unknown;
+  /** devices.json; null or undefined when the product has none. */
+  devices?: unknown;
+}
+
+// Keys end up in topics (/sys/{productKey}/{deviceName}/...): the same alphabet src/transport/topic.ts accepts.
+const TOPIC_NAME = { re: /^[A-Za-z0-9_.:@\-]{1,64}$/, what: 'a name of 1-64 letters, digits or _ . : @ -' };
+const IMEI = { re: /^\d{15}$/, what: 'a 15-digit IMEI' };
+const ICCID = { re: /^\d{18,19}[\dFf]$/, what: 'a 19-20 digit ICCID' };
+const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description'] as const;
+
+/** Checks one product's definition and builds its codec and validators. Throws WANWU_ERR_PRODUCT. */
+export function createProduct(src: ProductSource): Product {
+  const dir = src.dir;
+  const r = new DefinitionReader(path.join(dir, 'product.json'));
+  const p = r.object(src.product, '');
+  // product.json is Wanwu's own format: an unknown key is most likely a typo, so it is refused.
+  r.onlyKeys(p, '', PRODUCT_KEYS);
+  const productKey = r.string(p.productKey, 'productKey', TOPIC_NAME);
+  const folder = path.basename(path.resolve(dir));
+  if (productKey !== folder) r.fail('productKey', `"${productKey}" does not match its folder name "${folder}"`);
+  const name = r.string(p.name, 'name');
+  const rat = r.oneOf(p.rat, 'rat', RATS);
+  r.optionalString(p.description, 'description');
+
+  const model = src.model === undefined || src.model === null ? null : parseThingModel(src.model, path.join(dir, 'model.json'));
+  if (model) compileModel(model);
+  const codec = buildCodec(p.codec, { productKey, model, reader: r, path: 'codec' });
+  const devices = src.devices === undefined || src.devices === null ? new Map<string, Device>() : parseDevices(src.devices, productKey, dir);
+
+  return Object.freeze({ productKey, name, rat, dir, model, codec, devices });
+}
+
+function parseDevices(json: unknown, productKey: string, dir: string): Map<string, Device> {
+  const r = new DefinitionReader(path.join(dir, 'devices.json'));
+  const devices = new Map<string, Device>();
+  const index = new Map<string, number>();
+  r.array(json, '').forEach((entry, i) => {
+    const at = keyPath('', i);
+    // Extra keys (notes, SIM vendor ...) are tolerated: only these are read.
+    const o = r.object(entry, at);
+    const deviceName = r.string(o.deviceName, keyPath(at, 'deviceName'), TOPIC_NAME);
+    const first = index.get(deviceName);
+    if (first !== undefined) r.fail(keyPath(at, 'deviceName'), `duplicate deviceName "${deviceName}" (also [${first}])`);
+    index.set(deviceName, i);
+    const device: Device = { productKey, deviceName, deviceSecret: r.string(o.deviceSecret, keyPath(at, 'deviceSecret')) };
+    if (o.imei !== undefined) device.imei = r.string(o.imei, keyPath(at, 'imei'), IMEI);
+    if (o.iccid !== undefined) device.iccid = r.string(o.iccid, keyPath(at, 'iccid'), ICCID);
+    devices.set(deviceName, Object.freeze(device));
+  });
+  return devices;
+}
+
+/** Loads every product folder under `devicesDir` (synchronously, at start). Throws WANWU_ERR_PRODUCT. */
+export function loadRegistry(devicesDir: string): Registry {
+  const shown = displayPath(devicesDir);
+  let names: string[];
+  try {
+    names = readdirSync(devicesDir, { withFileTypes: true })
+      .filter((d) => d.isDirectory() && !d.name.startsWith('.'))
+      .map((d) => d.name)
+      .sort();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'directory not found' : code === 'ENOTDIR' ? 'not a directory' : (err as Error).message;
+    throw new WanwuError('WANWU_ERR_PRODUCT', `${shown}: ${why} (expected ${shown}/<productKey>/product.json)`, { cause: err, detail: { file: shown } });
+  }
+  if (names.length === 0) {
+    throw new WanwuError('WANWU_ERR_PRODUCT', `${shown}: no products (expected ${shown}/<productKey>/product.json)`, { detail: { file: shown } });
+  }
+
+  const products: Product[] = [];
+  const imeis = new Map<string, string>();
+  for (const folder of names) {
+    const dir = path.join(shown, folder);
+    const product = createProduct({
+      dir,
+      product: readJson(path.join(devicesDir, folder, 'product.json'), path.join(dir, 'product.json'), true),
+      model: readJson(path.join(devicesDir, folder, 'model.json'), path.join(dir, 'model.json'), false),
+      devices: readJson(path.join(devicesDir, folder, 'devices.json'), path.join(dir, 'devices.json'), false),
+    });
+    // NB-IoT platforms identify devices by IMEI: one IMEI must not name two devices.
+    let i = 0;
+    for (const d of product.devices.values()) {
+      if (d.imei !== undefined) {
+        const other = imeis.get(d.imei);
+        if (other !== undefined) {
+          new DefinitionReader(path.join(dir, 'devices.json')).fail(`[${i}].imei`, `"${d.imei}" is already used by ${other}`);
+        }
+        imeis.set(d.imei, `${d.productKey}/${d.deviceName}`);
+      }
+      i++;
+    }
+    products.push(product);
+  }
+  products.sort((a, b) => (a.productKey < b.productKey ? -1 : a.productKey > b.productKey ? 1 : 0));
+
+  const byKey = new Map(products.map((p) => [p.productKey, p]));
+  const deviceCount = products.reduce((n, p) => n + p.devices.size, 0);
+  return Object.freeze({
+    products: Object.freeze(products),
+    deviceCount,
+    product: (productKey: string) => byKey.get(productKey),
+    device: (productKey: string, deviceName: string) => byKey.get(productKey)?.devices.get(deviceName),
+  });
+}
+
+/** Parsed JSON, or null when an optional file is absent. */
+function readJson(file: string, shown: string, required: boolean): unknown {
+  let text: string;
+  try {
+    if (!statSync(file).isFile()) throw Object.assign(new Error('not a file'), { code: 'EISDIR' });
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !required) return null;
+    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing (every folder in devices/ is a product)' : (err as Error).message;
+    throw new WanwuError('WANWU_ERR_PRODUCT', `${shown}: ${why}`, { cause: err, detail: { file: shown } });
+  }
+  try {
+    return JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text); // tolerate a BOM from Windows editors
+  } catch (err) {
+    throw new WanwuError('WANWU_ERR_PRODUCT', `${shown}: invalid JSON (${(err as Error).message})`, { cause: err, detail: { file: shown } });
+  }
+}
+
+/** Relative to the working directory when under it, else as given. */
+function displayPath(p: string): string {
+  const rel = path.relative(process.cwd(), path.resolve(p));
+  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : p;
+}

@@ -1,0 +1,35 @@
+// What the decoder hands the pipeline, and the contract every codec implements.
+
+import type { WanwuError } from '../errors.js';
+import type { UplinkRoute } from '../types.js';
+
+/** One record's worth of data; the pipeline adds id, productKey, deviceName, receivedAt, transport and rat. */
+export interface DecodedItem {
+  kind: 'property' | 'event';
+  /** Event identifier, for kind "event". */
+  event?: string;
+  /** Device time in ms since the epoch; undefined when the device sent none (the pipeline uses receivedAt). */
+  ts?: number;
+  /** TSL identifier -> value (normalized once validated). */
+  data: Record<string, unknown>;
+}
+
+export type DecodeResult =
+  | { ok: true; msgId?: string; method?: string; items: DecodedItem[] }
+  | { ok: false; error: WanwuError; msgId?: string; method?: string };
+
+/**
+ * Filled by a codec as soon as it has read them, so that the Alink reply can echo `id` and
+ * `method` even when the rest of the message turns out to be broken.
+ */
+export interface DecodeEnvelope {
+  msgId?: string;
+  method?: string;
+}
+
+/** A product's codec, built once when the registry loads (options checked then). Pure: no I/O. */
+export interface Codec {
+  readonly type: string;
+  /** Bytes -> items before thing-model validation. Throws WanwuError (MALFORMED, METHOD, TOPIC ...). */
+  decode(route: UplinkRoute, payload: Buffer, envelope: DecodeEnvelope): DecodedItem[];
+}

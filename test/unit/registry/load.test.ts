@@ -1,0 +1,277 @@
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { WanwuError } from '../../../src/errors.js';
+import { loadRegistry } from '../../../src/registry/index.js';
+
+const devicesDir = fileURLToPath(new URL('../../../devices', import.meta.url));
+
+describe('registry: the sample products in devices/', () => {
+  const registry = loadRegistry(devicesDir);
+
+  it('loads every product folder, sorted by productKey', () => {
+    const folders = readdirSync(devicesDir, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name);
+    expect(registry.products.map((p) => p.productKey)).toEqual(['SensorRedCap', 'TrackerCat1', 'WaterMeterNB']);
+    expect([...folders].sort()).toEqual(registry.products.map((p) => p.productKey));
+  });
+
+  it('gives each product its rat, codec, model and three demo devices', () => {
+    const summary = registry.products.map((p) => ({
+      productKey: p.productKey,
+      rat: p.rat,
+      codec: p.codec.type,
+      properties: p.model?.properties.map((x) => x.identifier),
+      events: p.model?.events.map((x) => x.identifier),
+      devices: [...p.devices.keys()],
+    }));
+    expect(summary).toEqual([
+      {
+        productKey: 'SensorRedCap',
+        rat: 'redcap',
+        codec: 'alink-json',
+        properties: ['temperature', 'humidity', 'pressure', 'vibration', 'status', 'firmware', 'calibratedAt'],
+        events: ['overTemperature'],
+        devices: ['rs-0001', 'rs-0002', 'rs-0003'],
+      },
+      {
+        productKey: 'TrackerCat1',
+        rat: 'cat1',
+        codec: 'alink-json',
+        properties: ['longitude', 'latitude', 'speed', 'batteryLevel', 'charging', 'workMode'],
+        // "post" is the property-report event every Alibaba export carries
+        events: ['post', 'lowBattery', 'geofenceExit'],
+        devices: ['tr-0001', 'tr-0002', 'tr-0003'],
+      },
+      {
+        productKey: 'WaterMeterNB',
+        rat: 'nb-iot',
+        codec: 'binary',
+        properties: ['cumulativeFlow', 'instantFlow', 'batteryVoltage', 'valveState', 'temperature', 'rsrp'],
+        events: [],
+        devices: ['wm-0001', 'wm-0002', 'wm-0003'],
+      },
+    ]);
+    expect(registry.deviceCount).toBe(9);
+  });
+
+  it('looks devices up by productKey and deviceName', () => {
+    expect(registry.device('WaterMeterNB', 'wm-0002')).toEqual({
+      productKey: 'WaterMeterNB',
+      deviceName: 'wm-0002',
+      deviceSecret: 'demo-secret-WaterMeterNB-0002',
+      imei: '867751050000025',
+      iccid: '89861110000000000022',
+    });
+    expect(registry.device('WaterMeterNB', 'tr-0001')).toBeUndefined();
+    expect(registry.device('Nope', 'wm-0001')).toBeUndefined();
+    expect(registry.product('TrackerCat1')?.name).toBe('Cat.1 定位器');
+    expect(registry.product('trackercat1')).toBeUndefined();
+  });
+
+  it('gives every demo device a secret and, where present, a Luhn-valid IMEI and an 8986 ICCID', () => {
+    const luhn = (digits: string) =>
+      [...digits].reverse().reduce((sum, ch, i) => {
+        const d = Number(ch) * (i % 2 === 1 ? 2 : 1);
+        return sum + (d > 9 ? d - 9 : d);
+      }, 0) % 10 === 0;
+    for (const p of registry.products) {
+      for (const d of p.devices.values()) {
+        expect(d.deviceSecret).toBe(`demo-secret-${p.productKey}-${d.deviceName.slice(-4)}`);
+        expect(d.imei && luhn(d.imei)).toBe(true);
+        expect(d.iccid).toMatch(/^8986\d{16}$/);
+      }
+    }
+  });
+});
+
+describe('registry: broken definitions are refused', () => {
+  let root = '';
+  afterEach(() => {
+    if (root) rmSync(root, { recursive: true, force: true });
+    root = '';
+  });
+
+  const baseProduct = {
+    productKey: 'TankNB',
+    name: '液位计',
+    rat: 'nb-iot',
+    codec: { type: 'binary', fields: [{ type: 'u8', const: 1 }, { id: 'level', type: 'u16', scale: 0.1 }, { id: 'state', type: 'u8' }] },
+  };
+  const baseModel = {
+    properties: [
+      { identifier: 'level', name: '液位', accessMode: 'r', dataType: { type: 'float', specs: { min: '0', max: '100' } } },
+      { identifier: 'state', name: '状态', accessMode: 'r', dataType: { type: 'enum', specs: { '0': 'ok', '1': 'alarm' } } },
+      { identifier: 'serial', name: '序列号', accessMode: 'r', dataType: { type: 'text', specs: { length: '16' } } },
+    ],
+    events: [{ identifier: 'overflow', name: '溢出', type: 'alert', outputData: [{ identifier: 'level', name: '液位', dataType: { type: 'float', specs: {} } }] }],
+    services: [],
+  };
+  const baseDevices = [
+    { deviceName: 'tank-1', deviceSecret: 's1', imei: '867751050000017' },
+    { deviceName: 'tank-2', deviceSecret: 's2' },
+  ];
+
+  type Files = { 'product.json'?: unknown; 'model.json'?: unknown; 'devices.json'?: unknown };
+  /** Writes devices/<folder>/ with the given files (objects as JSON, strings verbatim, undefined = absent). */
+  function write(folder: string, files: Files): void {
+    if (!root) root = mkdtempSync(path.join(os.tmpdir(), 'wanwu-registry-'));
+    mkdirSync(path.join(root, folder), { recursive: true });
+    for (const [name, content] of Object.entries(files)) {
+      if (content === undefined) continue;
+      writeFileSync(path.join(root, folder, name), typeof content === 'string' ? content : JSON.stringify(content, null, 2));
+    }
+  }
+  const base = (): Files => ({ 'product.json': structuredClone(baseProduct), 'model.json': structuredClone(baseModel), 'devices.json': structuredClone(baseDevices) });
+
+  function refusal(): WanwuError {
+    try {
+      loadRegistry(root);
+    } catch (err) {
+      expect(err).toBeInstanceOf(WanwuError);
+      expect((err as WanwuError).code).toBe('WANWU_ERR_PRODUCT');
+      return err as WanwuError;
+    }
+    throw new Error('expected loadRegistry to refuse the definition');
+  }
+
+  it('accepts the base definition (so each case below fails for its own reason)', () => {
+    write('TankNB', base());
+    const registry = loadRegistry(root);
+    expect(registry.products.map((p) => p.productKey)).toEqual(['TankNB']);
+    expect(registry.deviceCount).toBe(2);
+  });
+
+  type Editable = Record<string, any>;
+  type Case = [string, (f: Editable) => void, string];
+  const cases: Case[] = [
+    ['model.json that is not JSON', (f) => (f['model.json'] = '{"properties": ['), 'TankNB/model.json: invalid JSON ('],
+    ['a folder without product.json', (f) => delete f['product.json'], 'TankNB/product.json: missing (every folder in devices/ is a product)'],
+    ['product.json that is an array', (f) => (f['product.json'] = []), 'TankNB/product.json: expected an object, got []'],
+    ['a productKey that is not the folder name', (f) => (f['product.json'].productKey = 'TankNB2'), 'TankNB/product.json: productKey: "TankNB2" does not match its folder name "TankNB"'],
+    ['a missing name', (f) => delete f['product.json'].name, 'TankNB/product.json: name: missing (expected a non-empty string)'],
+    ['an unknown rat', (f) => (f['product.json'].rat = '5g'), 'TankNB/product.json: rat: expected one of "nb-iot", "cat1", "redcap", got "5g"'],
+    ['an unknown product.json key', (f) => (f['product.json'].codex = {}), 'TankNB/product.json: codex: unknown key (allowed: productKey, name, rat, codec, description)'],
+    ['a missing codec', (f) => delete f['product.json'].codec, 'TankNB/product.json: codec: missing (expected an object)'],
+    ['an unknown codec type', (f) => (f['product.json'].codec = { type: 'protobuf' }), 'TankNB/product.json: codec.type: expected one of "alink-json", "binary", got "protobuf"'],
+    ['options on alink-json', (f) => (f['product.json'].codec = { type: 'alink-json', fields: [] }), 'TankNB/product.json: codec.fields: unknown key (allowed: type)'],
+    ['a bad field type in the layout', (f) => (f['product.json'].codec.fields[1].type = 'u12'), 'TankNB/product.json: codec.fields[1].type: expected one of "u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", got "u12"'],
+    ['a layout field not in the model', (f) => (f['product.json'].codec.fields[1].id = 'lvl'), 'TankNB/product.json: codec.fields[1].id: "lvl" is not a property in model.json'],
+    ['a layout field on a text property', (f) => (f['product.json'].codec.fields[1].id = 'serial'), 'TankNB/product.json: codec.fields[1].id: serial is a text in model.json; a binary field carries a number'],
+    ['a spec number that is not a number', (f) => (f['model.json'].properties[0].dataType.specs.min = 'abc'), 'TankNB/model.json: properties[0].dataType.specs.min: expected a number, got "abc"'],
+    ['min above max', (f) => (f['model.json'].properties[0].dataType.specs.min = '101'), 'TankNB/model.json: properties[0].dataType.specs.min: min 101 is above max 100'],
+    ['an unknown data type', (f) => (f['model.json'].properties[2].dataType.type = 'string'), 'TankNB/model.json: properties[2].dataType.type: expected one of "int", "float", "double", "bool", "enum", "text", "date", "struct", "array", got "string"'],
+    ['an enum key that is not an integer', (f) => (f['model.json'].properties[1].dataType.specs = { ok: '0' }), 'TankNB/model.json: properties[1].dataType.specs.ok: enum values must be int32 keys ("0", "1", ...)'],
+    ['an enum without values', (f) => (f['model.json'].properties[1].dataType.specs = {}), 'TankNB/model.json: properties[1].dataType.specs: an enum needs at least one value'],
+    ['a text length of 0', (f) => (f['model.json'].properties[2].dataType.specs.length = 0), 'TankNB/model.json: properties[2].dataType.specs.length: 0 is below 1'],
+    ['a missing accessMode', (f) => delete f['model.json'].properties[1].accessMode, 'TankNB/model.json: properties[1].accessMode: missing (expected one of "r", "rw")'],
+    ['an identifier with a space', (f) => (f['model.json'].properties[1].identifier = 'my state'), 'TankNB/model.json: properties[1].identifier: "my state" is not an identifier (letters, digits, _)'],
+    [
+      'duplicate property identifiers',
+      (f) => (f['model.json'].properties[2].identifier = 'level'),
+      'TankNB/model.json: properties[2].identifier: duplicate identifier "level" (also properties[0])',
+    ],
+    [
+      'duplicate event output identifiers',
+      (f) => f['model.json'].events[0].outputData.push(f['model.json'].events[0].outputData[0]),
+      'TankNB/model.json: events[0].outputData[1].identifier: duplicate identifier "level" (also events[0].outputData[0])',
+    ],
+    ['an unknown event type', (f) => (f['model.json'].events[0].type = 'warning'), 'TankNB/model.json: events[0].type: expected one of "info", "alert", "error", got "warning"'],
+    ['properties that are not an array', (f) => (f['model.json'].properties = {}), 'TankNB/model.json: properties: expected an array, got {}'],
+    ['devices.json that is not an array', (f) => (f['devices.json'] = { deviceName: 'x' }), 'TankNB/devices.json: expected an array, got {"deviceName":"x"}'],
+    ['a duplicate deviceName', (f) => (f['devices.json'][1].deviceName = 'tank-1'), 'TankNB/devices.json: [1].deviceName: duplicate deviceName "tank-1" (also [0])'],
+    ['a missing deviceSecret', (f) => delete f['devices.json'][1].deviceSecret, 'TankNB/devices.json: [1].deviceSecret: missing (expected a non-empty string)'],
+    ['a deviceName with a slash', (f) => (f['devices.json'][0].deviceName = 'a/b'), 'TankNB/devices.json: [0].deviceName: "a/b" is not a name of 1-64 letters, digits or _ . : @ -'],
+    ['a short IMEI', (f) => (f['devices.json'][0].imei = '8677510500'), 'TankNB/devices.json: [0].imei: "8677510500" is not a 15-digit IMEI'],
+  ];
+  for (const [name, mutate, message] of cases) {
+    it(`refuses ${name}, naming the file and key`, () => {
+      const files = base() as Editable;
+      mutate(files);
+      write('TankNB', files);
+      const e = refusal();
+      // A JSON syntax error ends with the parser's own words; every other message is compared whole.
+      if (message.endsWith('(')) expect(e.message.startsWith(`${root}/${message}`)).toBe(true);
+      else expect(e.message).toBe(`${root}/${message}`);
+    });
+  }
+
+  it('refuses one IMEI on two devices of different products', () => {
+    write('TankNB', base());
+    const other = base();
+    (other['product.json'] as { productKey: string }).productKey = 'TankNB2';
+    write('TankNB2', other);
+    expect(refusal().message).toBe(`${root}/TankNB2/devices.json: [0].imei: "867751050000017" is already used by TankNB/tank-1`);
+  });
+
+  it('refuses an empty devices directory, and a missing one', () => {
+    root = mkdtempSync(path.join(os.tmpdir(), 'wanwu-registry-'));
+    writeFileSync(path.join(root, 'README.md'), 'not a product');
+    expect(refusal().message).toBe(`${root}: no products (expected ${root}/<productKey>/product.json)`);
+    const missing = path.join(root, 'nope');
+    try {
+      loadRegistry(missing);
+      expect.unreachable();
+    } catch (err) {
+      expect((err as WanwuError).code).toBe('WANWU_ERR_PRODUCT');
+      expect((err as WanwuError).message).toBe(`${missing}: directory not found (expected ${missing}/<productKey>/product.json)`);
+    }
+  });
+});
+
+describe('registry: what real exports carry is accepted', () => {
+  let root = '';
+  afterEach(() => {
+    if (root) rmSync(root, { recursive: true, force: true });
+    root = '';
+  });
+
+  it('accepts spec numbers as strings or numbers, extra keys, struct/array types, and the get service identifier list', () => {
+    root = mkdtempSync(path.join(os.tmpdir(), 'wanwu-registry-'));
+    mkdirSync(path.join(root, 'a1Export'));
+    writeFileSync(path.join(root, 'a1Export', 'product.json'), JSON.stringify({ productKey: 'a1Export', name: '导出', rat: 'cat1', codec: { type: 'alink-json' } }));
+    writeFileSync(
+      path.join(root, 'a1Export', 'model.json'),
+      JSON.stringify({
+        schema: 'https://iotx-tsl.oss-ap-southeast-1.aliyuncs.com/schema.json',
+        // an Alibaba export keeps its own productKey; importing it unchanged under another folder name is allowed
+        profile: { version: '1.0', productKey: 'a1B2c3D4e5F', functionBlockId: 'default' },
+        functionBlockId: 'default',
+        properties: [
+          {
+            identifier: 'temp',
+            name: '温度',
+            accessMode: 'r',
+            required: false,
+            std: true,
+            desc: '',
+            dataType: { type: 'float', specs: { min: '-40', max: 85, step: '0.1', unit: '°C', unitName: '摄氏度', custom: 'x' } },
+          },
+          { identifier: 'pos', name: '位置', accessMode: 'r', dataType: { type: 'struct', specs: [{ identifier: 'lng', name: '经度', dataType: { type: 'double', specs: { min: '-180' } } }] } },
+          { identifier: 'list', name: '列表', accessMode: 'rw', dataType: { type: 'array', specs: { size: '128', item: { type: 'int' } } } },
+          { identifier: 'on', name: '开关', accessMode: 'rw', dataType: { type: 'bool' } },
+        ],
+        events: [{ identifier: 'post', name: 'post', type: 'info', required: true, desc: '属性上报', method: 'thing.event.property.post', outputData: [] }],
+        services: [
+          { identifier: 'get', name: 'get', required: true, callType: 'async', method: 'thing.service.property.get', inputData: ['temp', 'pos'], outputData: [] },
+        ],
+      }),
+    );
+    const registry = loadRegistry(root);
+    const product = registry.product('a1Export')!;
+    expect(product.model?.properties[0]?.dataType).toEqual({ type: 'float', specs: { min: -40, max: 85, step: 0.1, unit: '°C', unitName: '摄氏度' } });
+    expect(product.model?.services[0]?.inputData).toEqual(['temp', 'pos']);
+    expect(product.devices.size).toBe(0);
+    expect(registry.deviceCount).toBe(0);
+  });
+
+  it('loads a product without model.json and devices.json', () => {
+    root = mkdtempSync(path.join(os.tmpdir(), 'wanwu-registry-'));
+    mkdirSync(path.join(root, 'Bare'));
+    writeFileSync(path.join(root, 'Bare', 'product.json'), '\ufeff{"productKey": "Bare", "name": "裸设备", "rat": "redcap", "codec": {"type": "alink-json"}}');
+    const product = loadRegistry(root).product('Bare')!;
+    expect(product).toMatchObject({ productKey: 'Bare', rat: 'redcap', model: null, dir: path.join(root, 'Bare') });
+    expect(product.devices.size).toBe(0);
+  });
+});
