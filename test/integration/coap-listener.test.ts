@@ -405,6 +405,28 @@ describe('CoAP listener: refusals', () => {
   });
 });
 
+describe('CoAP listener: overload', () => {
+  it('answers 5.03 with Max-Age when too many requests are with ingest, without calling it', async () => {
+    const { ingest, client, listener: l } = await setup({ tuning: { maxInFlight: 1 } });
+    ingest.delayMs = 200;
+    client.send(post(1, UP_RAW_PATH, Buffer.from([1])));
+    client.send(post(2, UP_RAW_PATH, Buffer.from([2])));
+    const busy = (await client.next()).packet;
+    expect(busy).toMatchObject({ code: '5.03', messageId: 2 });
+    expect(option(busy, 'Max-Age')).toEqual(Buffer.from([30]));
+    expect((await client.next()).packet).toMatchObject({ code: '2.04', messageId: 1 });
+    expect(ingest.calls).toHaveLength(1);
+    expect(l.stats().inFlight).toBe(0);
+  });
+
+  it('answers 5.00 when ingest resolves without an outcome', async () => {
+    const { ingest, client } = await setup();
+    ingest.outcome = () => undefined as unknown as IngestOutcome;
+    client.send(post(3, UP_RAW_PATH, Buffer.from([1])));
+    expect((await client.next()).packet.code).toBe('5.00');
+  });
+});
+
 describe('CoAP listener: empty and broken messages', () => {
   it('answers a CoAP ping (empty CON) with RST', async () => {
     const { client, listener: l } = await setup();
@@ -485,6 +507,17 @@ describe('CoAP listener: lifecycle', () => {
     const r = await client.next();
     expect(r.packet).toMatchObject({ code: '2.04', messageId: 1 });
     await client.nothingFor(200);
+  });
+
+  it('stop cancels the retransmission of separate responses', async () => {
+    const { ingest, client, listener: l } = await setup({ tuning: { piggybackMs: 50, ackTimeoutMs: 100, random: () => 0 } });
+    ingest.delayMs = 150;
+    client.send(post(1, UP_RAW_PATH, Buffer.from([1])));
+    expect((await client.next()).packet).toMatchObject({ code: '0.00', ack: true });
+    await l.stop(); // waits for ingest; the separate response leaves once, then its timer is cleared
+    expect((await client.next()).packet).toMatchObject({ code: '2.04', confirmable: true });
+    await client.nothingFor(500);
+    expect(l.stats()).toMatchObject({ retransmissions: 0, inFlight: 0, dedupEntries: 0 });
   });
 
   it('rejects start when the port is taken', async () => {

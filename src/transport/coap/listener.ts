@@ -46,7 +46,7 @@ export interface CoapTuning {
   nonLifetimeMs: number;
   /** Generations per de-duplication map (>= 2). */
   dedupGenerations: number;
-  /** Cap on de-duplication entries over CON and NON together (each map gets half). */
+  /** Cap on de-duplication entries over CON and NON together (each map gets half; the peer count too). */
   maxDedupEntries: number;
   /** Ingest calls under way beyond which new requests get 5.03 (overload guard). */
   maxInFlight: number;
@@ -160,7 +160,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     peersSeen = new GenerationalMap({
       lifetimeMs: tuning.exchangeLifetimeMs,
       generations: tuning.dedupGenerations,
-      maxEntries: Math.max(tuning.dedupGenerations, tuning.maxDedupEntries),
+      maxEntries: half,
       startMs: t,
     });
   }
@@ -178,7 +178,12 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       } else {
         // Stopping: dgram sends on a later tick, so track the send for stop() to wait on before close.
         sendsPending++;
-        socket.send(bytes, port, address, onStopSent);
+        try {
+          socket.send(bytes, port, address, onStopSent);
+        } catch (err) {
+          sendsPending--;
+          throw err;
+        }
       }
     } catch (err) {
       counters.errors++;
@@ -326,7 +331,8 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       return;
     }
     if (inFlight >= tuning.maxInFlight) {
-      const spec = errorResponse('5.03', `WANWU_ERR_BUFFER_FULL ${inFlight} requests in progress; retry later`, tuning.retryAfterS);
+      // Overload guard: ingest is not keeping up; keep the per-exchange state bounded.
+      const spec = errorResponse('5.03', `overloaded: ${inFlight} requests in progress; retry later`, tuning.retryAfterS);
       respondNow(confirmable, messageId, packet.token, spec, address, port);
       return;
     }
@@ -389,9 +395,13 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
   }
 
   /** Sends the response for an exchange once ingest has resolved. */
-  function finish(ex: Exchange, outcome: IngestOutcome): void {
+  function finish(ex: Exchange, result: IngestOutcome): void {
     try {
       if (ex.confirmable && !ex.separate) awaitingPiggyback.delete(ex);
+      const outcome: IngestOutcome =
+        result !== null && typeof result === 'object'
+          ? result
+          : { error: asWanwuError(new Error('ingest resolved without an outcome')), committed: 0, deadLettered: false };
       if (outcome.error !== undefined && outcome.error.coapCode === '5.00') {
         logger.warn({ err: outcome.error, peer: `${ex.address}:${ex.port}` }, 'CoAP ingest failed internally');
       }
@@ -569,8 +579,8 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     socket = null;
     bound = null;
     if (s !== null) {
+      s.removeListener('message', onMessage);
       await new Promise<void>((resolve) => s.close(() => resolve()));
-      s.removeAllListeners();
     }
     resetCaches();
     logger.info({}, 'CoAP listener stopped');

@@ -30,7 +30,7 @@ export type RequestVerdict =
   | { kind: 'ingest'; target: UplinkTarget }
   /** Answer with this response; nothing reaches ingest. */
   | { kind: 'respond'; response: ResponseSpec }
-  /** Reject the message (RFC 7252 §4.2/§4.3: RST), e.g. an unknown critical option in a NON request. */
+  /** Reject the message (RFC 7252 §4.3: a NON is then ignored), e.g. an unknown critical option in a NON request. */
   | { kind: 'reject' };
 
 interface RequestFacts {
