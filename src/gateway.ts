@@ -92,6 +92,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       port: config.coap.port,
       maxPayloadBytes: config.coap.maxPayloadBytes,
       ingest: pipeline.ingest,
+      refuse: pipeline.refuse,
       logger,
     });
     await coap.start();

@@ -25,9 +25,9 @@ export class CoapTestClient {
   }
 
   /** Sends a POST to /topic/...; resolves with the first response that is not an empty ACK. */
-  async post(path: string, payload: Buffer, opts: { confirmable?: boolean; messageId?: number; timeoutMs?: number } = {}): Promise<CoapResponse> {
+  async post(path: string, payload: Buffer, opts: { confirmable?: boolean; messageId?: number; token?: Buffer; timeoutMs?: number } = {}): Promise<CoapResponse> {
     const s = await this.open();
-    const token = randomBytes(4);
+    const token = opts.token ?? randomBytes(4);
     const messageId = opts.messageId ?? (this.messageId = (this.messageId + 1) & 0xffff);
     const options = path.split('/').filter((p) => p !== '').map((p) => ({ name: 'Uri-Path' as const, value: Buffer.from(p) }));
     const datagram = generate({ code: 'POST', confirmable: opts.confirmable ?? true, messageId, token, options, payload });

@@ -142,6 +142,9 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
     const badPath = await coap.post('/nothing/here', METER_FRAME);
     expect(badPath.code).toBe('4.04');
 
+    const big = await coap.post(`/topic/sys/${DEMO.meter.productKey}/${DEMO.meter.deviceName}/thing/model/up_raw`, Buffer.alloc(1100, 1));
+    expect(big.code).toBe('4.13');
+
     // Still serving: a good message goes through after all that.
     const ok = await coap.post(`/topic/sys/${DEMO.meter.productKey}/${DEMO.meter.deviceName}/thing/model/up_raw`, METER_FRAME);
     expect(ok.code).toBe('2.04');
@@ -153,10 +156,13 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
       WANWU_ERR_INVALID: { mqtt: 1, coap: 0 },
       WANWU_ERR_UNKNOWN_IDENTIFIER: { mqtt: 1, coap: 0 },
       WANWU_ERR_UNKNOWN_DEVICE: { mqtt: 0, coap: 1 },
+      WANWU_ERR_TOO_LARGE: { mqtt: 0, coap: 1 },
     });
     expect(status.ingest.accepted).toEqual({ coap: 1, mqtt: 0, total: 1 });
-    // Every refused payload that reached the pipeline is kept with its raw bytes.
-    expect(status.buffer.deadLetters).toBe(5);
+    // Every refused payload from a named device is kept with its raw bytes (the oversize one cut to
+    // the 1 KiB limit); the unknown path names no device and is only counted by the listener.
+    await waitUntil(() => g.status().buffer.deadLetters === 6, 2000, 'six dead letters');
+    expect(status.listeners.coap.responses).toMatchObject({ '4.00': 1, '4.04': 2, '4.13': 1, '2.04': 1 });
   });
 
   it('MQTT login: bad sign and unknown device get CONNACK 4; another device\'s topic closes the connection', async () => {
@@ -197,6 +203,23 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
     expect(replies[0]).toMatchObject({ code: 460, message: expect.stringContaining('WANWU_ERR_TOO_LARGE') });
     const status = (await getJson(g.addresses().http.port, '/status')).body;
     expect(status.ingest.rejectedByCode.WANWU_ERR_TOO_LARGE).toEqual({ coap: 0, mqtt: 1 });
+  });
+
+  it('a CoAP retransmission (same message id and token) is answered again and stored once', async () => {
+    const g = await start();
+    const coap = new CoapTestClient('127.0.0.1', g.addresses().coap.port);
+    clients.push({ end: () => coap.close() });
+    const path = `/topic/sys/${DEMO.meter.productKey}/${DEMO.meter.deviceName}/thing/model/up_raw`;
+    const token = Buffer.from('c0ffee01', 'hex');
+    const first = await coap.post(path, METER_FRAME, { messageId: 4242, token });
+    const again = await coap.post(path, METER_FRAME, { messageId: 4242, token });
+    expect([first.code, again.code]).toEqual(['2.04', '2.04']);
+    expect(again.packet.messageId).toBe(first.packet.messageId);
+    await waitUntil(() => upstream.messages.length >= 1, 5000, 'record');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(upstream.messages).toHaveLength(1);
+    expect(g.status().ingest.accepted.coap).toBe(1);
+    expect(g.status().listeners.coap!.duplicates).toBe(1);
   });
 
   it('status, metrics and healthz', async () => {

@@ -8,7 +8,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gateway } from '../../src/gateway.js';
 import { signMqttLogin } from '../../src/registry/sign.js';
-import { DEMO, deviceSecret, startGateway } from '../helpers/gateway.js';
+import { DEMO, DEVICES_DIR, deviceSecret, startGateway } from '../helpers/gateway.js';
 import { tempDir, waitUntil } from '../helpers/index.js';
 import { missingTools, mustRunInterop, Mosquitto, run, skipInterop, tool } from './helpers.js';
 
@@ -50,16 +50,19 @@ describe.skipIf(skipInterop)('interop with mosquitto and libcoap', () => {
     dir.cleanup();
   });
 
-  it('mosquitto_pub as a Cat-1 tracker (signed login, QoS 1) -> exact record in mosquitto', async () => {
+  it('mosquitto_pub as a Cat-1 tracker (login from `wanwu sign`, QoS 1) -> exact record in mosquitto', async () => {
     const { productKey, deviceName } = DEMO.tracker;
-    const creds = signMqttLogin({ productKey, deviceName, deviceSecret: await deviceSecret(productKey, deviceName) });
+    // The README's command: mosquitto_pub ... $(node bin/wanwu.js sign --product ... --device ...)
+    const signed = await run(process.execPath, [join(import.meta.dirname, '..', '..', 'bin', 'wanwu.js'), 'sign', '--product', productKey, '--device', deviceName, '--devices', DEVICES_DIR]);
+    expect(signed.code).toBe(0);
+    const loginArgs = signed.stdout.trim().split(/\s+/);
+    expect(loginArgs.filter((_, i) => i % 2 === 0)).toEqual(['-i', '-u', '-P']);
     const payload = JSON.stringify({
       id: '1001', version: '1.0', method: 'thing.event.property.post',
       params: { longitude: { value: 121.4737, time: 1700000100000 }, latitude: { value: 31.2304, time: 1700000100000 }, speed: { value: 42.5, time: 1700000100000 }, workMode: { value: 0, time: 1700000100000 } },
     });
     const pub = await run(tool('mosquitto_pub'), [
-      '-h', '127.0.0.1', '-p', String(gw.addresses().mqtt.port), '-V', 'mqttv311', '-q', '1',
-      '-i', creds.clientId, '-u', creds.username, '-P', creds.password,
+      '-h', '127.0.0.1', '-p', String(gw.addresses().mqtt.port), '-V', 'mqttv311', '-q', '1', ...loginArgs,
       '-t', `/sys/${productKey}/${deviceName}/thing/event/property/post`, '-m', payload,
     ]);
     expect(pub.stderr).toBe('');

@@ -7,7 +7,8 @@
 // refusals with the error's CoAP code and a diagnostic payload (§5.5.2); 4.04/4.05/4.13/4.02/5.05
 // decided by the listener itself (request.ts) without calling ingest.
 
-import type { IngestHandler, Logger } from '../../types.js';
+import type { WanwuError } from '../../errors.js';
+import type { IngestHandler, Logger, RawMessage } from '../../types.js';
 import { createListener } from './listener.js';
 
 export interface CoapListenerOptions {
@@ -20,6 +21,11 @@ export interface CoapListenerOptions {
   /** The pipeline: resolves after the record is committed (or dead-lettered); never rejects. */
   ingest: IngestHandler;
   logger: Logger;
+  /**
+   * Called for a payload an identified device sent that the listener refuses itself (too large): the
+   * pipeline counts it and keeps it as a dead letter. Optional; the response does not wait for it.
+   */
+  refuse?: (raw: Omit<RawMessage, 'route'>, error: WanwuError) => Promise<void>;
   /** Wall clock in ms since the epoch (receivedAt, de-duplication expiry); injectable for tests. */
   now?: () => number;
 }

@@ -13,7 +13,7 @@ import dgram from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { parse, type ParsedPacket } from 'coap-packet';
-import { asWanwuError } from '../../errors.js';
+import { asWanwuError, WanwuError } from '../../errors.js';
 import type { IngestOutcome, RawMessage } from '../../types.js';
 import { GenerationalMap } from './dedup.js';
 import type { CoapListener, CoapListenerOptions, CoapListenerStats } from './index.js';
@@ -326,8 +326,17 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     }
     if (verdict.kind === 'respond') {
       // Refusals decided here are deterministic, so they are not cached: a retransmission gets the
-      // same answer again (§4.5 allows this for idempotent handling). Nothing is dead-lettered.
+      // same answer again (§4.5 allows this for idempotent handling).
       respondNow(confirmable, messageId, packet.token, verdict.response, address, port);
+      if (verdict.refused && opts.refuse) {
+        // An identified device's payload was received and refused: count it and keep it (truncated
+        // to the limit by the pipeline) as a dead letter. Each retransmission is counted again.
+        const { target, code, message } = verdict.refused;
+        const raw = { transport: 'coap' as const, productKey: target.productKey, deviceName: target.deviceName, topic: target.topic, payload: packet.payload, receivedAt, peer: `${address}:${port}` };
+        opts.refuse(raw, new WanwuError(code, message)).catch((err: unknown) => {
+          logger.warn({ err: (err as Error).message }, 'could not keep a refused CoAP payload');
+        });
+      }
       return;
     }
     if (inFlight >= tuning.maxInFlight) {

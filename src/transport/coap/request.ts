@@ -28,8 +28,11 @@ export interface UplinkTarget {
 
 export type RequestVerdict =
   | { kind: 'ingest'; target: UplinkTarget }
-  /** Answer with this response; nothing reaches ingest. */
-  | { kind: 'respond'; response: ResponseSpec }
+  /**
+   * Answer with this response; nothing reaches ingest. `refused` is set when an identified device's
+   * payload was refused here (too large), so the listener can report it for counting and dead-lettering.
+   */
+  | { kind: 'respond'; response: ResponseSpec; refused?: { target: UplinkTarget; code: 'WANWU_ERR_TOO_LARGE'; message: string } }
   /** Reject the message (RFC 7252 §4.3: a NON is then ignored), e.g. an unknown critical option in a NON request. */
   | { kind: 'reject' };
 
@@ -106,16 +109,15 @@ const checkBlock1: Step = (f) =>
     : undefined;
 
 /** RFC 7252 §5.9.2.9: 4.13 Request Entity Too Large, with Size1 (§5.10.9). */
-const checkSize: Step = (f) =>
-  f.packet.payload.length > f.maxPayloadBytes
-    ? {
-        kind: 'respond',
-        response: tooLargeResponse(
-          `WANWU_ERR_TOO_LARGE payload of ${f.packet.payload.length} bytes exceeds the limit of ${f.maxPayloadBytes}`,
-          f.maxPayloadBytes,
-        ),
-      }
-    : undefined;
+const checkSize: Step = (f) => {
+  if (f.packet.payload.length <= f.maxPayloadBytes) return undefined;
+  const message = `payload of ${f.packet.payload.length} bytes exceeds the limit of ${f.maxPayloadBytes}`;
+  return {
+    kind: 'respond',
+    response: tooLargeResponse(`WANWU_ERR_TOO_LARGE ${message}`, f.maxPayloadBytes),
+    refused: { target: f.target!, code: 'WANWU_ERR_TOO_LARGE', message },
+  };
+};
 
 /** The checks in order; the first that answers wins. */
 export const REQUEST_STEPS: readonly Step[] = [checkCriticalOptions, checkProxy, checkPath, checkMethod, checkBlock1, checkSize];
