@@ -145,8 +145,10 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     } catch (thrown) {
       const error = asWanwuError(thrown);
       ctx.outcome.error = error;
-      if (error.fault === 'device') {
-        countRejection(raw.transport, error.code);
+      countRejection(raw.transport, error.code);
+      if (error.fault === 'internal') opts.logger.error({ err: error.message, stack: (thrown as Error)?.stack }, 'uplink failed');
+      if (error.fault !== 'storage') {
+        // Device faults and bugs alike: keep the raw payload so it can be replayed after a fix.
         try {
           await deadLetter(raw, error);
           ctx.outcome.deadLettered = true;
@@ -154,9 +156,6 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
           // The payload could not be kept, so the device must not be acknowledged either.
           ctx.outcome.error = asWanwuError(dlErr, 'WANWU_ERR_STORAGE');
         }
-      } else {
-        countRejection(raw.transport, error.code);
-        if (error.fault === 'internal') opts.logger.error({ err: error.message, stack: (thrown as Error)?.stack }, 'uplink failed');
       }
       opts.logger.debug({ code: ctx.outcome.error.code, err: ctx.outcome.error.message, topic: raw.topic, peer: raw.peer }, 'uplink refused');
     } finally {

@@ -236,7 +236,7 @@ class AedesListener implements MqttListener {
       peer,
     };
     this.opts.ingest(raw).then((outcome) => {
-      if (outcome.error && outcome.error.fault !== 'device') {
+      if (outcome.error?.fault === 'storage') {
         // Not committed: no PUBACK. aedes closes the connection and the device re-sends after reconnecting.
         return done(outcome.error);
       }
