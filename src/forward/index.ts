@@ -67,6 +67,16 @@ export function compileTopic(template: string): (r: Pick<StoredRecord, 'productK
   };
 }
 
+/**
+ * Delay before reconnect attempt `attempt` (0-based): the ceiling doubles from minMs up to maxMs,
+ * and the delay is drawn from [ceiling/2, ceiling] ("equal jitter"), so gateways that lost the same
+ * broker do not all reconnect in the same instant, yet none retries sooner than half the ceiling.
+ */
+export function backoffDelay(attempt: number, minMs: number, maxMs: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+}
+
 class MqttForwarder implements Forwarder {
   private client: MqttClient | null = null;
   private running = false;
@@ -178,9 +188,7 @@ class MqttForwarder implements Forwarder {
     if (wasConnected) this.opts.logger.warn({ upstream: this.opts.upstream.name }, 'upstream connection lost');
     if (!this.running) return;
     const u = this.opts.upstream;
-    const ceiling = Math.min(u.reconnectMaxMs, u.reconnectMinMs * 2 ** Math.min(this.attempt, 20));
-    // "Equal jitter": half fixed, half random, so a fleet of gateways does not reconnect in step.
-    const delay = Math.round(ceiling / 2 + (this.random() * ceiling) / 2);
+    const delay = backoffDelay(this.attempt, u.reconnectMinMs, u.reconnectMaxMs, this.random);
     this.attempt++;
     this.reconnects++;
     this.reconnectTimer = setTimeout(() => {

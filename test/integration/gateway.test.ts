@@ -129,8 +129,11 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
     await device.publishAsync(topic, '{"id":"1","params":', { qos: 1 }); // malformed JSON
     await device.publishAsync(topic, JSON.stringify({ id: '2', params: { batteryLevel: 130 } }), { qos: 1 }); // out of range
     await device.publishAsync(topic, JSON.stringify({ id: '3', params: { altitude: 5 } }), { qos: 1 }); // not in the model
-    await waitUntil(() => replies.length === 3, 5000, 'three error replies');
-    expect(replies.map((r) => r.code)).toEqual([6207, 460, 6320]);
+    const oddTopic = `/sys/${productKey}/${deviceName}/thing/custom/thing`; // in its namespace, but no uplink
+    await device.subscribeAsync(`${oddTopic}_reply`);
+    await device.publishAsync(oddTopic, '{"id":"4"}', { qos: 1 });
+    await waitUntil(() => replies.length === 4, 5000, 'four error replies');
+    expect(replies.map((r) => r.code)).toEqual([6207, 460, 6320, 6203]);
     expect(replies[1]).toMatchObject({ id: '2', message: expect.stringContaining('batteryLevel: 130 above max 100') });
 
     // CoAP: undecodable frame -> 4.00 with a diagnostic; unknown device -> 4.04; unknown path -> 4.04.
@@ -157,11 +160,12 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
       WANWU_ERR_UNKNOWN_IDENTIFIER: { mqtt: 1, coap: 0 },
       WANWU_ERR_UNKNOWN_DEVICE: { mqtt: 0, coap: 1 },
       WANWU_ERR_TOO_LARGE: { mqtt: 0, coap: 1 },
+      WANWU_ERR_TOPIC: { mqtt: 1, coap: 0 },
     });
     expect(status.ingest.accepted).toEqual({ coap: 1, mqtt: 0, total: 1 });
     // Every refused payload from a named device is kept with its raw bytes (the oversize one cut to
     // the 1 KiB limit); the unknown path names no device and is only counted by the listener.
-    await waitUntil(() => g.status().buffer.deadLetters === 6, 2000, 'six dead letters');
+    await waitUntil(() => g.status().buffer.deadLetters === 7, 2000, 'seven dead letters');
     expect(status.listeners.coap.responses).toMatchObject({ '4.00': 1, '4.04': 2, '4.13': 1, '2.04': 1 });
   });
 
