@@ -58,8 +58,9 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     startedAt = Date.now();
     registry = loadRegistry(config.devicesDir);
     for (const p of registry.products) {
-      logger.info({ productKey: p.productKey, rat: p.rat, devices: p.devices.size }, 'product loaded');
+      logger.info({ productKey: p.productKey, rat: p.rat, codec: p.codec.type, devices: p.devices.size }, 'product loaded');
     }
+    for (const warning of registry.warnings) logger.warn({ warning }, 'product definition');
     buffer = createBuffer({
       path: config.storage.path,
       sync: config.storage.sync,

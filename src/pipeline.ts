@@ -90,6 +90,7 @@ const commit: Step = async (ctx, p) => {
     };
     if (item.event !== undefined) r.event = item.event;
     if (outcome.msgId !== undefined) r.msgId = outcome.msgId;
+    if (product!.model === null) r.validated = false;
     return r;
   });
   // Rejects with WANWU_ERR_STORAGE: the device is then not acknowledged.

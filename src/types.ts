@@ -53,6 +53,8 @@ export interface TelemetryRecord {
   data: Record<string, unknown>;
   /** The device's Alink message `id`, when it sent one. */
   msgId?: string;
+  /** Present (and false) only when the product has no thing model, so the values were not checked. */
+  validated?: false;
 }
 
 /** What the pipeline tells a listener about one uplink; the listener turns it into a CoAP code or an Alink reply. */

@@ -40,6 +40,8 @@ export interface Registry {
   /** Sorted by productKey. */
   readonly products: readonly Product[];
   readonly deviceCount: number;
+  /** Things worth an operator's eye that do not stop the start (e.g. TSL keys Wanwu ignores), one line each. */
+  readonly warnings: readonly string[];
 }
 
 /** The parsed contents of one product folder (what loadRegistry reads; tests build products from it directly). */
@@ -75,7 +77,7 @@ export function createProduct(src: ProductSource): Product {
 
   const model = src.model === undefined || src.model === null ? null : parseThingModel(src.model, path.join(dir, 'model.json'));
   if (model) compileModel(model);
-  const codec = buildCodec(p.codec, { productKey, model, reader: r, path: 'codec' });
+  const codec = buildCodec(p.codec, { productKey, model, reader: r, path: 'codec', dir });
   const devices = src.devices === undefined || src.devices === null ? new Map<string, Device>() : parseDevices(src.devices, productKey, dir);
 
   return Object.freeze({ productKey, name, rat, dir, model, codec, devices });
@@ -150,6 +152,7 @@ export function loadRegistry(devicesDir: string): Registry {
   return Object.freeze({
     products: Object.freeze(products),
     deviceCount,
+    warnings: Object.freeze([] as string[]),
     product: (productKey: string) => byKey.get(productKey),
     device: (productKey: string, deviceName: string) => byKey.get(productKey)?.devices.get(deviceName),
   });

@@ -27,9 +27,24 @@ export interface DecodeEnvelope {
   method?: string;
 }
 
-/** A product's codec, built once when the registry loads (options checked then). Pure: no I/O. */
+/** What encode turns into bytes: one item in the uplink form (the simulator, round-trip tests, `wanwu encode`). */
+export interface EncodeInput extends DecodedItem {
+  /** The Alink message id to put in the payload, where the format has one. */
+  msgId?: string;
+}
+
+/**
+ * A product's codec, built once when the registry loads (options checked, assets such as .proto or
+ * codec.js files read then). Pure afterwards: decode and encode do no I/O.
+ */
 export interface Codec {
   readonly type: string;
   /** Bytes -> items before thing-model validation. Throws WanwuError (MALFORMED, METHOD, TOPIC ...). */
   decode(route: UplinkRoute, payload: Buffer, envelope: DecodeEnvelope): DecodedItem[];
+  /**
+   * Item -> the bytes a device would send on `route`, so that decode(route, encode(route, item))
+   * gives the item back. Throws WanwuError (WANWU_ERR_INVALID when the item cannot be expressed).
+   * Optional while codecs are being extended; every codec in CODECS implements it.
+   */
+  encode?(route: UplinkRoute, item: EncodeInput): Buffer;
 }

@@ -35,6 +35,7 @@ function fakeRegistry(codec: Codec): Registry {
     device: (pk, dn) => (pk === 'P' ? product.devices.get(dn) : undefined),
     products: [product],
     deviceCount: 1,
+    warnings: [],
   };
 }
 
@@ -64,7 +65,7 @@ describe('uplink pipeline', () => {
     expect(outcome).toEqual({ committed: 2, deadLettered: false, msgId: '9', method: 'thing.event.property.post' });
     expect(records[0]).toEqual({
       id: expect.stringMatching(/^[0-9a-f-]{36}$/), productKey: 'P', deviceName: 'd1', kind: 'property', ts: 1_700_000_000_000,
-      receivedAt: 1_700_000_000_000, transport: 'coap', rat: 'nb-iot', data: { a: 1 }, msgId: '9',
+      receivedAt: 1_700_000_000_000, transport: 'coap', rat: 'nb-iot', data: { a: 1 }, msgId: '9', validated: false,
     });
     expect(records[1]).toMatchObject({ kind: 'event', event: 'alarm', ts: 5, data: { b: 2 } });
     expect(records[0]!.id).not.toBe(records[1]!.id);

@@ -5,6 +5,9 @@ import type { ThingModel } from '../tsl.js';
 import type { Codec } from '../types.js';
 import { createAlinkJsonCodec } from './alink-json.js';
 import { binaryCodecFromJson } from './binary.js';
+import { cborCodecFromJson } from './cbor.js';
+import { protobufCodecFromJson } from './protobuf.js';
+import { scriptCodecFromJson } from './script.js';
 
 export interface CodecContext {
   productKey: string;
@@ -13,6 +16,8 @@ export interface CodecContext {
   reader: DefinitionReader;
   /** Key path of the codec object (normally "codec"). */
   path: string;
+  /** The product's folder on disk, for codec assets (x.proto, codec.js) named relative to it. */
+  dir: string;
 }
 
 /** Checks the codec's options (throwing WANWU_ERR_PRODUCT) and builds it once. */
@@ -24,6 +29,9 @@ export const CODECS: Readonly<Record<string, CodecFactory>> = {
     return createAlinkJsonCodec({ productKey: ctx.productKey });
   },
   binary: (options, ctx) => binaryCodecFromJson(options, { model: ctx.model, reader: ctx.reader, path: ctx.path }),
+  protobuf: protobufCodecFromJson,
+  script: scriptCodecFromJson,
+  cbor: cborCodecFromJson,
 };
 
 export function buildCodec(json: unknown, ctx: CodecContext): Codec {

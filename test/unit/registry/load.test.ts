@@ -154,7 +154,7 @@ describe('registry: broken definitions are refused', () => {
     ['an unknown rat', (f) => (f['product.json'].rat = '5g'), 'TankNB/product.json: rat: expected one of "nb-iot", "cat1", "redcap", got "5g"'],
     ['an unknown product.json key', (f) => (f['product.json'].codex = {}), 'TankNB/product.json: codex: unknown key (allowed: productKey, name, rat, codec, description)'],
     ['a missing codec', (f) => delete f['product.json'].codec, 'TankNB/product.json: codec: missing (expected an object)'],
-    ['an unknown codec type', (f) => (f['product.json'].codec = { type: 'protobuf' }), 'TankNB/product.json: codec.type: expected one of "alink-json", "binary", got "protobuf"'],
+    ['an unknown codec type', (f) => (f['product.json'].codec = { type: 'zigbee' }), 'TankNB/product.json: codec.type: expected one of "alink-json", "binary", "protobuf", "script", "cbor", got "zigbee"'],
     ['options on alink-json', (f) => (f['product.json'].codec = { type: 'alink-json', fields: [] }), 'TankNB/product.json: codec.fields: unknown key (allowed: type)'],
     ['a bad field type in the layout', (f) => (f['product.json'].codec.fields[1].type = 'u12'), 'TankNB/product.json: codec.fields[1].type: expected one of "u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", got "u12"'],
     ['a layout field not in the model', (f) => (f['product.json'].codec.fields[1].id = 'lvl'), 'TankNB/product.json: codec.fields[1].id: "lvl" is not a property in model.json'],

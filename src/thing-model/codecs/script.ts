@@ -1,0 +1,9 @@
+// The `script` codec (issue 3). Placeholder while it is written: a product choosing it is refused at load.
+
+import type { JsonObject } from '../check.js';
+import type { Codec } from '../types.js';
+import type { CodecContext } from './index.js';
+
+export function scriptCodecFromJson(_options: JsonObject, ctx: CodecContext): Codec {
+  return ctx.reader.fail(`${ctx.path}.type`, 'the script codec is not available yet');
+}
