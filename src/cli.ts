@@ -4,6 +4,8 @@ import { Command, CommanderError } from 'commander';
 import pino from 'pino';
 import { loadConfig } from './config/index.js';
 import { isWanwuError, WanwuError } from './errors.js';
+import { decodeCommand, encodeCommand, type CommandResult, type DecodeOptions, type EncodeOptions } from './commands/codec-tools.js';
+import { listDeadLetters, replayDeadLetters } from './commands/deadletters.js';
 import { createGateway } from './gateway.js';
 import { loadRegistry } from './registry/index.js';
 import { SIGN_METHODS, signMqttLogin, type SignMethod } from './registry/sign.js';
@@ -38,6 +40,68 @@ export async function main(argv: string[]): Promise<number> {
     .action((opts: { product: string; device: string; devices: string; method: string; json?: boolean }) => {
       exitCode = sign(opts);
     });
+
+  const print = (r: CommandResult) => {
+    process.stdout.write(r.output);
+    exitCode = r.exitCode;
+  };
+
+  program
+    .command('decode')
+    .description('decode one payload with a product\'s codec and thing model; prints the normalized record as JSON')
+    .requiredOption('--product <productKey>', 'product key')
+    .option('--devices <dir>', 'products folder', './devices')
+    .option('--device <deviceName>', 'device name for the record (default: the product\'s first device)')
+    .option('--topic <topic>', 'uplink topic, full (/sys/...) or from thing/ on (default: up_raw, or the property post for alink-json)')
+    .option('--transport <coap|mqtt>', 'transport for the record (default: coap for nb-iot products, else mqtt)')
+    .option('--hex <hex>', 'payload as hex')
+    .option('--base64 <b64>', 'payload as base64')
+    .option('--file <path>', 'payload file')
+    .action((opts: DecodeOptions) => print(decodeCommand(opts)));
+
+  program
+    .command('encode')
+    .description('encode thing-model values with a product\'s codec; prints the payload a device would send')
+    .requiredOption('--product <productKey>', 'product key')
+    .requiredOption('--data <json>', 'values as a JSON object, e.g. \'{"temperature": 21.5}\'')
+    .option('--devices <dir>', 'products folder', './devices')
+    .option('--device <deviceName>', 'device name used in the topic')
+    .option('--topic <topic>', 'uplink topic, full or from thing/ on')
+    .option('--event <eventId>', 'encode an event instead of properties')
+    .option('--time <ms>', 'device time in ms since the epoch')
+    .option('--id <msgId>', 'Alink message id')
+    .option('--format <hex|base64>', 'output format', 'hex')
+    .action((opts: EncodeOptions) => print(encodeCommand(opts)));
+
+  const deadletters = program.command('deadletters').description('refused payloads kept in the buffer');
+  deadletters
+    .command('list')
+    .description('print dead letters as JSON lines, oldest first')
+    .option('-c, --config <file>', 'JSON configuration file (env: WANWU_CONFIG), for storage.path')
+    .option('--product <productKey>', 'only this product')
+    .option('--limit <n>', 'at most this many', (v) => Number.parseInt(v, 10), 100)
+    .action(async (opts: { config?: string; product?: string; limit: number }) => {
+      const config = loadConfigOrFail(opts.config);
+      if (config) print(await listDeadLetters(config, opts));
+    });
+  deadletters
+    .command('replay')
+    .description('run dead letters through the current codecs again; those that now decode become records')
+    .option('-c, --config <file>', 'JSON configuration file (env: WANWU_CONFIG)')
+    .option('--product <productKey>', 'only this product')
+    .action(async (opts: { config?: string; product?: string }) => {
+      const config = loadConfigOrFail(opts.config);
+      if (config) print(await replayDeadLetters(config, opts));
+    });
+
+  const loadConfigOrFail = (file: string | undefined) => {
+    try {
+      return loadConfig({ file });
+    } catch (err) {
+      exitCode = fail(err);
+      return null;
+    }
+  };
 
   try {
     await program.parseAsync(argv);

@@ -4,7 +4,8 @@
 // answered with WANWU_ERR_STORAGE so the listener withholds the acknowledgement and the device retries.
 
 import { asWanwuError, WanwuError, type ErrorCode } from './errors.js';
-import type { RecordBuffer } from './buffer/index.js';
+import type { DeadLetter, RecordBuffer } from './buffer/index.js';
+import { parseUplinkTopic } from './transport/topic.js';
 import type { Device, Product, Registry } from './registry/index.js';
 import { decodeUplink, type DecodedItem } from './thing-model/index.js';
 import type { IngestHandler, IngestOutcome, Logger, RawMessage, TelemetryRecord, Transport } from './types.js';
@@ -34,10 +35,22 @@ export interface Pipeline {
    * counted, and dead-lettered with its payload. Resolves when the dead letter is durable.
    */
   refuse(raw: Omit<RawMessage, 'route'>, error: WanwuError): Promise<void>;
+  /** Runs a dead letter through today's products and codecs; on success its records replace it. */
+  replay(dl: DeadLetter): ReplayResult;
   stats(): PipelineStats;
   /** Resolves once every ingest under way has settled. */
   drain(): Promise<void>;
 }
+
+export type ReplayResult =
+  | { id: number; ok: true; records: number }
+  | { id: number; ok: false; error: WanwuError; skipped?: string };
+
+/**
+ * Refusals a replay cannot mend: the payload was cut to the size limit, or it was sent outside the
+ * sender's own namespace (replaying would file it under another device).
+ */
+const NOT_REPLAYABLE: ReadonlySet<string> = new Set<ErrorCode>(['WANWU_ERR_TOO_LARGE', 'WANWU_ERR_FORBIDDEN', 'WANWU_ERR_AUTH']);
 
 interface Context {
   raw: RawMessage;
@@ -74,9 +87,9 @@ const decode: Step = (ctx) => {
   ctx.items = result.items;
 };
 
-const commit: Step = async (ctx, p) => {
-  const { raw, product, outcome } = ctx;
-  const records = ctx.items!.map((item): TelemetryRecord => {
+/** Turns decoded items into normalized records (ARCHITECTURE.md "External contract"). */
+export function toRecords(raw: Omit<RawMessage, 'route' | 'payload'>, product: Product, items: readonly DecodedItem[], msgId?: string): TelemetryRecord[] {
+  return items.map((item): TelemetryRecord => {
     const r: TelemetryRecord = {
       id: uuidv7(raw.receivedAt),
       productKey: raw.productKey,
@@ -85,17 +98,21 @@ const commit: Step = async (ctx, p) => {
       ts: item.ts ?? raw.receivedAt,
       receivedAt: raw.receivedAt,
       transport: raw.transport,
-      rat: product!.rat,
+      rat: product.rat,
       data: item.data,
     };
     if (item.event !== undefined) r.event = item.event;
-    if (outcome.msgId !== undefined) r.msgId = outcome.msgId;
-    if (product!.model === null) r.validated = false;
+    if (msgId !== undefined) r.msgId = msgId;
+    if (product.model === null) r.validated = false;
     return r;
   });
+}
+
+const commit: Step = async (ctx, p) => {
+  const records = toRecords(ctx.raw, ctx.product!, ctx.items!, ctx.outcome.msgId);
   // Rejects with WANWU_ERR_STORAGE: the device is then not acknowledged.
   if (records.length > 0) await p.buffer.append(records);
-  outcome.committed = records.length;
+  ctx.outcome.committed = records.length;
 };
 
 export const UPLINK_STEPS: ReadonlyArray<readonly [name: string, step: Step]> = [
@@ -174,6 +191,36 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     async refuse(raw, error) {
       countRejection(raw.transport, error.code);
       await deadLetter(raw, error);
+    },
+    replay(dl) {
+      if (NOT_REPLAYABLE.has(dl.code)) {
+        return { id: dl.id, ok: false, error: new WanwuError(dl.code as ErrorCode, dl.message), skipped: `${dl.code} cannot be replayed` };
+      }
+      const ctx: Context = {
+        raw: {
+          transport: dl.transport,
+          productKey: dl.productKey ?? '',
+          deviceName: dl.deviceName ?? '',
+          topic: dl.topic,
+          route: { type: 'up-raw' },
+          payload: dl.payload,
+          receivedAt: dl.receivedAt,
+          peer: dl.peer,
+        },
+        outcome: { committed: 0, deadLettered: false },
+      };
+      try {
+        ctx.raw.route = parseUplinkTopic(dl.topic).route;
+        findDevice(ctx, opts);
+        decode(ctx, opts);
+        const records = toRecords(ctx.raw, ctx.product!, ctx.items!, ctx.outcome.msgId);
+        opts.buffer.replaceDeadLetter(dl.id, records);
+        return { id: dl.id, ok: true, records: records.length };
+      } catch (thrown) {
+        const error = asWanwuError(thrown);
+        if (error.fault !== 'storage') opts.buffer.reviseDeadLetter(dl.id, error.code, error.message);
+        return { id: dl.id, ok: false, error };
+      }
     },
     stats: () => ({ ...stats, inFlight }),
     drain: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => idle.push(resolve))),

@@ -79,7 +79,12 @@ export interface RecordBuffer extends Stage {
   lastSeq(): number;
   /** Called after every commit that added records. Returns an unsubscribe function. */
   onAppend(listener: () => void): () => void;
-  listDeadLetters(limit: number): DeadLetter[];
+  /** Dead letters, oldest first, optionally of one product, after a given id (for paging). */
+  listDeadLetters(opts?: { productKey?: string; afterId?: number; limit?: number }): DeadLetter[];
+  /** Replay succeeded: the records take the dead letter's place, in one transaction. */
+  replaceDeadLetter(id: number, records: readonly TelemetryRecord[]): void;
+  /** Replay failed again: the dead letter keeps its payload with the new reason. */
+  reviseDeadLetter(id: number, code: string, message: string): void;
   stats(): BufferStats;
 }
 
@@ -217,9 +222,13 @@ class SqliteBuffer implements RecordBuffer {
     return () => this.listeners.delete(listener);
   }
 
-  listDeadLetters(limit: number): DeadLetter[] {
+  listDeadLetters(opts: { productKey?: string; afterId?: number; limit?: number } = {}): DeadLetter[] {
     if (!this.statements) return [];
-    const rows = this.statements.listDeadLetters.all(limit) as Array<Record<string, unknown>>;
+    const rows = this.statements.listDeadLetters.all({
+      productKey: opts.productKey ?? null,
+      afterId: opts.afterId ?? 0,
+      limit: opts.limit ?? 100,
+    }) as Array<Record<string, unknown>>;
     return rows.map((r) => ({
       id: r.id as number,
       receivedAt: r.received_at as number,
@@ -232,6 +241,20 @@ class SqliteBuffer implements RecordBuffer {
       message: r.message as string,
       payload: r.payload as Buffer,
     }));
+  }
+
+  replaceDeadLetter(id: number, records: readonly TelemetryRecord[]): void {
+    const st = this.requireOpen();
+    try {
+      st.replaceDeadLetter(id, records);
+    } catch (err) {
+      throw new WanwuError('WANWU_ERR_STORAGE', `replay commit failed: ${(err as Error).message}`, { cause: err });
+    }
+    this.refreshLastSeq();
+  }
+
+  reviseDeadLetter(id: number, code: string, message: string): void {
+    this.requireOpen().reviseDeadLetter.run(code, message, id);
   }
 
   stats(): BufferStats {
@@ -256,6 +279,26 @@ class SqliteBuffer implements RecordBuffer {
       commitErrors: this.commitErrors,
       lastSeq: this.last,
     };
+  }
+
+  private requireOpen(): NonNullable<SqliteBuffer['statements']> {
+    if (!this.statements) throw new WanwuError('WANWU_ERR_STORAGE', 'the buffer is not open');
+    return this.statements;
+  }
+
+  /**
+   * Picks up records another process committed to the same file (`wanwu deadletters replay` while
+   * the gateway runs) and wakes the forwarders for them.
+   */
+  private refreshLastSeq(): void {
+    const st = this.statements;
+    if (!st) return;
+    this.deadLetterCount = st.countDeadLetters.pluck().get() as number;
+    const last = st.lastSeq.pluck().get() as number;
+    if (last > this.last) {
+      this.last = last;
+      for (const listener of this.listeners) listener();
+    }
   }
 
   private enqueue(add: (p: Pending) => void): Promise<void> {
@@ -321,6 +364,7 @@ class SqliteBuffer implements RecordBuffer {
     const st = this.statements;
     if (!st) return;
     try {
+      this.refreshLastSeq();
       st.prune.run(this.minCursor(), 50_000);
     } catch (err) {
       this.opts.logger.warn({ err: (err as Error).message }, 'buffer prune failed; will retry');
@@ -337,6 +381,7 @@ class SqliteBuffer implements RecordBuffer {
     const upsertCursor = db.prepare(
       'INSERT INTO cursors (upstream, seq) VALUES (?, ?) ON CONFLICT (upstream) DO UPDATE SET seq = excluded.seq',
     );
+    const deleteDeadLetter = db.prepare('DELETE FROM dead_letters WHERE id = ?');
     const commit = db.transaction((batch: Pending, cursorUpdates: ReadonlyArray<readonly [string, number]>) => {
       for (const r of batch.records) {
         insertRecord.run(r.id, r.productKey, r.deviceName, r.kind, r.event ?? null, r.receivedAt, JSON.stringify(r));
@@ -356,7 +401,16 @@ class SqliteBuffer implements RecordBuffer {
       receivedAtAfter: db.prepare('SELECT received_at FROM records WHERE seq > ? ORDER BY seq LIMIT 1'),
       allCursors: db.prepare('SELECT upstream, seq FROM cursors'),
       countDeadLetters: db.prepare('SELECT COUNT(*) FROM dead_letters'),
-      listDeadLetters: db.prepare('SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?'),
+      listDeadLetters: db.prepare(
+        'SELECT * FROM dead_letters WHERE id > @afterId AND (@productKey IS NULL OR product_key = @productKey) ORDER BY id LIMIT @limit',
+      ),
+      replaceDeadLetter: db.transaction((id: number, records: readonly TelemetryRecord[]) => {
+        for (const r of records) {
+          insertRecord.run(r.id, r.productKey, r.deviceName, r.kind, r.event ?? null, r.receivedAt, JSON.stringify(r));
+        }
+        if (deleteDeadLetter.run(id).changes !== 1) throw new Error(`dead letter ${id} is gone (replayed by someone else?)`);
+      }),
+      reviseDeadLetter: db.prepare('UPDATE dead_letters SET code = ?, message = ? WHERE id = ?'),
       prune: db.prepare('DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE seq <= ? ORDER BY seq LIMIT ?)'),
     };
   }

@@ -77,7 +77,7 @@ describe('SQLite buffer (real file)', () => {
     expect(again.cursor('b')).toBe(0);
     expect(again.stats().pending).toBe(3);
     expect(again.stats().deadLetters).toBe(1);
-    const [dl] = again.listDeadLetters(10);
+    const [dl] = again.listDeadLetters({ limit: 10 });
     expect(dl).toMatchObject({ transport: 'coap', code: 'WANWU_ERR_MALFORMED', topic: '/sys/P/d1/thing/model/up_raw', productKey: 'P' });
     expect([...dl!.payload]).toEqual([1, 2, 3]);
   });
