@@ -3,10 +3,11 @@
 //   device   - bad input from a device: rejected, counted, dead-lettered, never retried
 //   config   - bad configuration or product definition: refused at start
 //   storage  - the local buffer failed: the device is not acknowledged and retries
+//   capacity - the local buffer is full (reject-new): the device is told to retry later
 //   upstream - an upstream broker failed: the forwarder retries with backoff
 //   internal - a bug: logged, the device gets a 5xx-class reply, the process keeps running
 
-export type Fault = 'device' | 'config' | 'storage' | 'upstream' | 'internal';
+export type Fault = 'device' | 'config' | 'storage' | 'capacity' | 'upstream' | 'internal';
 
 /** CoAP response codes used for errors (RFC 7252 §5.9, §12.1.2). */
 export type CoapErrorCode = '4.00' | '4.01' | '4.03' | '4.04' | '4.13' | '5.00' | '5.03';
@@ -32,7 +33,7 @@ export const ERROR_CODES = {
   WANWU_ERR_METHOD: { fault: 'device', alink: 6300, coap: '4.00', summary: 'Alink method missing or does not match the topic' },
   WANWU_ERR_INVALID: { fault: 'device', alink: 460, coap: '4.00', summary: 'a value does not satisfy the thing model (type, range, enum, length)' },
   WANWU_ERR_UNKNOWN_IDENTIFIER: { fault: 'device', alink: 6320, coap: '4.00', summary: 'a property or event identifier the thing model does not define' },
-  WANWU_ERR_BUFFER_FULL: { fault: 'storage', alink: 503, coap: '5.03', summary: 'the local buffer refuses new records; retry later' },
+  WANWU_ERR_BUFFER_FULL: { fault: 'capacity', alink: 503, coap: '5.03', summary: 'the local buffer refuses new records; retry later' },
   WANWU_ERR_STORAGE: { fault: 'storage', alink: 500, coap: '5.03', summary: 'the local SQLite buffer failed to commit; the device was not acknowledged' },
   WANWU_ERR_UPSTREAM: { fault: 'upstream', alink: 500, coap: '5.00', summary: 'an upstream broker refused or dropped the connection (retried)' },
   WANWU_ERR_INTERNAL: { fault: 'internal', alink: 500, coap: '5.00', summary: 'unexpected internal error (a bug; please report it)' },

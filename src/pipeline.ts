@@ -165,7 +165,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
       ctx.outcome.error = error;
       countRejection(raw.transport, error.code);
       if (error.fault === 'internal') opts.logger.error({ err: error.message, stack: (thrown as Error)?.stack }, 'uplink failed');
-      if (error.fault !== 'storage') {
+      if (error.fault !== 'storage' && error.fault !== 'capacity') {
         // Device faults and bugs alike: keep the raw payload so it can be replayed after a fix.
         try {
           await deadLetter(raw, error);

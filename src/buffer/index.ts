@@ -5,12 +5,22 @@
 // one turn of the event loop is written in a single transaction at setImmediate time, then all the
 // promises settle together. One fsync serves every device that spoke in that turn, so the commit cost
 // per message falls as load rises while no device is acknowledged before its row is durable.
+//
+// The records table always holds one contiguous run of sequence numbers [first, last]: rows leave only
+// from the head (forwarded to every upstream, dropped when full, or expired), so counts are arithmetic.
+//
+// Disk is bounded (maxBytes, maxRecords): "reject-new" refuses appends when full (devices retry later,
+// nothing accepted is lost); "drop-oldest" deletes the oldest records in the committing transaction and
+// counts them per upstream. Freed pages are reused, returned to the file system by incremental vacuum,
+// and the WAL is truncated after checkpoints, so the file shrinks back after a backlog drains.
 
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { WanwuError } from '../errors.js';
 import type { Logger, Stage, TelemetryRecord, Transport } from '../types.js';
+
+export type WhenFull = 'reject-new' | 'drop-oldest';
 
 export interface BufferOptions {
   /** SQLite file; its folder is created. */
@@ -20,8 +30,17 @@ export interface BufferOptions {
   logger: Logger;
   /** Names of the configured upstreams: records are kept until every one of them has them. */
   upstreams: readonly string[];
-  /** How often fully forwarded records are deleted, in ms. */
+  /** Most bytes the database may use (pages in use; null = no limit). */
+  maxBytes?: number | null;
+  /** Most records it may hold (null = no limit). */
+  maxRecords?: number | null;
+  /** What happens when a limit is reached. Default reject-new. */
+  whenFull?: WhenFull;
+  /** Records older than this many seconds are deleted (counted as expired). null/0 = keep until delivered. */
+  ttlS?: number | null;
+  /** How often fully forwarded and expired records are deleted, in ms. */
   pruneIntervalMs?: number;
+  now?: () => number;
 }
 
 /** A record as the forwarder reads it back: the JSON body is stored once and sent as is. */
@@ -50,23 +69,53 @@ export interface DeadLetter extends DeadLetterInput {
   id: number;
 }
 
+export type BufferState = 'ok' | 'full' | 'error';
+
 export interface BufferStats {
   path: string;
-  /** Records committed and not yet forwarded to every upstream. */
-  pending: number;
-  /** Records stored in the table (pending plus forwarded but not yet pruned). */
+  /** ok; full (a limit is reached: reject-new refuses, drop-oldest drops); error (the last commit failed). */
+  state: BufferState;
+  whenFull: WhenFull;
+  maxBytes: number | null;
+  maxRecords: number | null;
+  ttlS: number | null;
+  /** Bytes of database pages in use (what maxBytes bounds). */
+  bytes: number;
+  /** Size on disk of the database file and its WAL. */
+  fileBytes: number;
+  /** Records stored (pending for some upstream, or forwarded and not yet pruned). */
   records: number;
+  /** Records not yet forwarded to every upstream. */
+  pending: number;
   /** Age in seconds of the oldest record some upstream still lacks (0 when none). */
   oldestPendingAgeS: number;
   deadLetters: number;
   commits: number;
   committedRecords: number;
   commitErrors: number;
+  /** Records refused because the buffer was full (reject-new). */
+  refused: number;
+  /** Records deleted undelivered to at least one upstream because the buffer was full (drop-oldest). */
+  dropped: number;
+  /** Records deleted undelivered to at least one upstream because they outlived ttl. */
+  expired: number;
+  lastError: string | null;
+  lastErrorAt: string | null;
   lastSeq: number;
 }
 
+export interface UpstreamBufferStats {
+  cursor: number;
+  pending: number;
+  oldestPendingAgeS: number;
+  /** Records this upstream never got because the buffer was full (drop-oldest). */
+  dropped: number;
+  /** Records this upstream never got because they outlived ttl. */
+  expired: number;
+}
+
 export interface RecordBuffer extends Stage {
-  /** Commits the records; resolves once they are durable. Rejects with WANWU_ERR_STORAGE. */
+  /** Commits the records; resolves once they are durable. Rejects with WANWU_ERR_BUFFER_FULL or WANWU_ERR_STORAGE. */
   append(records: readonly TelemetryRecord[]): Promise<void>;
   /** Commits a dead letter; resolves once it is durable. Rejects with WANWU_ERR_STORAGE. */
   deadLetter(dl: DeadLetterInput): Promise<void>;
@@ -86,10 +135,17 @@ export interface RecordBuffer extends Stage {
   /** Replay failed again: the dead letter keeps its payload with the new reason. */
   reviseDeadLetter(id: number, code: string, message: string): void;
   stats(): BufferStats;
+  upstreamStats(upstream: string): UpstreamBufferStats;
+}
+
+interface QueuedRecord {
+  r: TelemetryRecord;
+  body: string;
 }
 
 interface Pending {
-  records: TelemetryRecord[];
+  records: QueuedRecord[];
+  bytes: number;
   deadLetters: DeadLetterInput[];
   waiters: Array<{ resolve: () => void; reject: (err: WanwuError) => void }>;
 }
@@ -123,6 +179,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 `;
 
+/** Rows deleted per statement when pruning, dropping or expiring, so one call never stalls the loop long. */
+const DELETE_CHUNK = 50_000;
+/** Free pages kept for reuse before incremental vacuum gives the rest back to the file system (1 MiB at 4 KiB pages). */
+const FREE_PAGES_KEPT = 256;
+/** Per-row overhead estimate on top of the JSON body (key columns, b-tree cell, page slack). */
+const ROW_OVERHEAD = 96;
+
 export function createBuffer(opts: BufferOptions): RecordBuffer {
   return new SqliteBuffer(opts);
 }
@@ -134,40 +197,78 @@ class SqliteBuffer implements RecordBuffer {
   private flushScheduled = false;
   private readonly cursors = new Map<string, number>();
   private readonly dirtyCursors = new Set<string>();
+  private readonly losses = new Map<string, { dropped: number; expired: number }>();
   private readonly listeners = new Set<() => void>();
   private pruneTimer: NodeJS.Timeout | null = null;
+  /** Lowest stored seq (last + 1 when empty) and highest seq ever assigned. */
+  private first = 1;
   private last = 0;
+  private pageSize = 4096;
+  private usedBytes = 0;
   private deadLetterCount = 0;
   private commits = 0;
   private committedRecords = 0;
   private commitErrors = 0;
+  private refused = 0;
+  private dropped = 0;
+  private expired = 0;
+  private failing = false;
+  private lastError: string | null = null;
+  private lastErrorAt: string | null = null;
+  private readonly now: () => number;
+  private readonly whenFull: WhenFull;
+  private readonly maxBytes: number | null;
+  private readonly maxRecords: number | null;
+  private readonly ttlS: number | null;
 
-  constructor(private readonly opts: BufferOptions) {}
+  constructor(private readonly opts: BufferOptions) {
+    this.now = opts.now ?? Date.now;
+    this.whenFull = opts.whenFull ?? 'reject-new';
+    this.maxBytes = opts.maxBytes ?? null;
+    this.maxRecords = opts.maxRecords ?? null;
+    this.ttlS = opts.ttlS ? opts.ttlS : null;
+    for (const name of opts.upstreams) this.losses.set(name, { dropped: 0, expired: 0 });
+  }
 
   async start(): Promise<void> {
     if (this.db) return;
     try {
       mkdirSync(dirname(this.opts.path), { recursive: true });
       const db = new Database(this.opts.path);
+      // Freed pages go back to the file system on request (incremental vacuum); this must be set before
+      // the first table exists, so an older database without it is converted once with VACUUM.
+      if ((db.pragma('auto_vacuum', { simple: true }) as number) !== 2) {
+        db.pragma('auto_vacuum = INCREMENTAL');
+        const tables = db.prepare("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").pluck().get() as number;
+        if (tables > 0) {
+          this.opts.logger.info({ path: this.opts.path }, 'converting the buffer to incremental vacuum (one-time VACUUM)');
+          db.exec('VACUUM');
+        }
+      }
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${this.opts.sync === 'full' ? 'FULL' : 'NORMAL'}`);
       db.pragma('busy_timeout = 5000');
+      // Checkpoints truncate the WAL back to this size, so a burst does not leave a large file behind.
+      db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`);
       db.exec(SCHEMA);
       this.db = db;
       this.statements = this.prepare(db);
+      this.pageSize = db.pragma('page_size', { simple: true }) as number;
     } catch (err) {
       this.db?.close();
       this.db = null;
+      this.statements = null;
       throw new WanwuError('WANWU_ERR_STORAGE', `cannot open the buffer ${this.opts.path}: ${(err as Error).message}`, { cause: err });
     }
     const st = this.statements;
     this.last = st.lastSeq.pluck().get() as number;
+    this.first = (st.firstSeq.pluck().get() as number | null) ?? this.last + 1;
     this.deadLetterCount = st.countDeadLetters.pluck().get() as number;
+    this.refreshUsedBytes();
     const stored = new Map((st.allCursors.all() as Array<{ upstream: string; seq: number }>).map((c) => [c.upstream, c.seq]));
     // A new upstream starts at the oldest record still stored, so it receives the whole backlog.
-    const firstSeq = ((st.firstSeq.pluck().get() as number | null) ?? this.last + 1) - 1;
-    for (const name of this.opts.upstreams) this.cursors.set(name, stored.get(name) ?? firstSeq);
-    this.pruneTimer = setInterval(() => this.prune(), this.opts.pruneIntervalMs ?? 1000);
+    for (const name of this.opts.upstreams) this.cursors.set(name, Math.max(stored.get(name) ?? 0, this.first - 1));
+    this.pruneTimer = setInterval(() => this.maintain(), this.opts.pruneIntervalMs ?? 1000);
     this.pruneTimer.unref();
   }
 
@@ -176,7 +277,7 @@ class SqliteBuffer implements RecordBuffer {
     if (this.pruneTimer) clearInterval(this.pruneTimer);
     this.pruneTimer = null;
     this.flush();
-    this.prune();
+    this.maintain();
     try {
       this.db.pragma('wal_checkpoint(TRUNCATE)');
     } catch (err) {
@@ -188,8 +289,16 @@ class SqliteBuffer implements RecordBuffer {
   }
 
   append(records: readonly TelemetryRecord[]): Promise<void> {
+    if (!this.db) return Promise.reject(new WanwuError('WANWU_ERR_STORAGE', 'the buffer is not open'));
+    const queued = records.map((r) => ({ r, body: JSON.stringify(r) }));
+    const bytes = queued.reduce((n, q) => n + q.body.length + ROW_OVERHEAD, 0);
+    if (this.whenFull === 'reject-new' && this.wouldOverflow(queued.length, bytes)) {
+      this.refused += queued.length;
+      return Promise.reject(new WanwuError('WANWU_ERR_BUFFER_FULL', `the buffer is full (${this.limitText()}); retry later`));
+    }
     return this.enqueue((p) => {
-      for (const r of records) p.records.push(r);
+      for (const q of queued) p.records.push(q);
+      p.bytes += bytes;
     });
   }
 
@@ -250,7 +359,7 @@ class SqliteBuffer implements RecordBuffer {
     } catch (err) {
       throw new WanwuError('WANWU_ERR_STORAGE', `replay commit failed: ${(err as Error).message}`, { cause: err });
     }
-    this.refreshLastSeq();
+    this.refreshFromDisk();
   }
 
   reviseDeadLetter(id: number, code: string, message: string): void {
@@ -259,26 +368,77 @@ class SqliteBuffer implements RecordBuffer {
 
   stats(): BufferStats {
     const minCursor = this.minCursor();
-    let oldestPendingAgeS = 0;
-    let records = 0;
-    if (this.statements) {
-      records = this.last - (((this.statements.firstSeq.pluck().get() as number | null) ?? this.last + 1) - 1);
-      if (minCursor < this.last) {
-        const at = this.statements.receivedAtAfter.pluck().get(minCursor) as number | undefined;
-        if (at !== undefined) oldestPendingAgeS = Math.max(0, (Date.now() - at) / 1000);
-      }
-    }
     return {
       path: this.opts.path,
+      state: this.failing ? 'error' : this.isFull() ? 'full' : 'ok',
+      whenFull: this.whenFull,
+      maxBytes: this.maxBytes,
+      maxRecords: this.maxRecords,
+      ttlS: this.ttlS,
+      bytes: this.usedBytes,
+      fileBytes: fileSize(this.opts.path) + fileSize(`${this.opts.path}-wal`),
+      records: this.recordCount(),
       pending: this.last - minCursor,
-      records,
-      oldestPendingAgeS: Math.round(oldestPendingAgeS * 10) / 10,
+      oldestPendingAgeS: this.ageAfter(minCursor),
       deadLetters: this.deadLetterCount,
       commits: this.commits,
       committedRecords: this.committedRecords,
       commitErrors: this.commitErrors,
+      refused: this.refused,
+      dropped: this.dropped,
+      expired: this.expired,
+      lastError: this.lastError,
+      lastErrorAt: this.lastErrorAt,
       lastSeq: this.last,
     };
+  }
+
+  upstreamStats(upstream: string): UpstreamBufferStats {
+    const cursor = this.cursor(upstream);
+    const losses = this.losses.get(upstream) ?? { dropped: 0, expired: 0 };
+    return {
+      cursor,
+      pending: Math.max(0, this.last - cursor),
+      oldestPendingAgeS: this.ageAfter(cursor),
+      dropped: losses.dropped,
+      expired: losses.expired,
+    };
+  }
+
+  private recordCount(): number {
+    return this.last - this.first + 1;
+  }
+
+  /** True when adding `count` records of about `bytes` would pass a limit. */
+  private wouldOverflow(count: number, bytes: number): boolean {
+    if (this.maxRecords !== null && this.recordCount() + this.pending.records.length + count > this.maxRecords) return true;
+    if (this.maxBytes !== null && this.usedBytes + this.pending.bytes + bytes > this.maxBytes) return true;
+    return false;
+  }
+
+  private isFull(): boolean {
+    if (this.maxRecords !== null && this.recordCount() >= this.maxRecords) return true;
+    // "Full" for bytes: not even one more average record fits.
+    if (this.maxBytes !== null && this.usedBytes + this.bytesPerRecord() > this.maxBytes) return true;
+    return false;
+  }
+
+  private limitText(): string {
+    const parts: string[] = [];
+    if (this.maxRecords !== null) parts.push(`${this.recordCount()} of ${this.maxRecords} records`);
+    if (this.maxBytes !== null) parts.push(`${this.usedBytes} of ${this.maxBytes} bytes`);
+    return parts.join(', ');
+  }
+
+  private bytesPerRecord(): number {
+    const n = this.recordCount();
+    return n > 0 ? Math.max(64, this.usedBytes / n) : 512;
+  }
+
+  private ageAfter(seq: number): number {
+    if (!this.statements || seq >= this.last) return 0;
+    const at = this.statements.receivedAtAfter.pluck().get(seq) as number | undefined;
+    return at === undefined ? 0 : Math.round(Math.max(0, (this.now() - at) / 1000) * 10) / 10;
   }
 
   private requireOpen(): NonNullable<SqliteBuffer['statements']> {
@@ -287,18 +447,27 @@ class SqliteBuffer implements RecordBuffer {
   }
 
   /**
-   * Picks up records another process committed to the same file (`wanwu deadletters replay` while
-   * the gateway runs) and wakes the forwarders for them.
+   * Picks up what another process committed to the same file (`wanwu deadletters replay` while the
+   * gateway runs) and wakes the forwarders for new records.
    */
-  private refreshLastSeq(): void {
+  private refreshFromDisk(): void {
     const st = this.statements;
     if (!st) return;
     this.deadLetterCount = st.countDeadLetters.pluck().get() as number;
     const last = st.lastSeq.pluck().get() as number;
     if (last > this.last) {
+      if (this.first > this.last) this.first = (st.firstSeq.pluck().get() as number | null) ?? last + 1;
       this.last = last;
       for (const listener of this.listeners) listener();
     }
+  }
+
+  private refreshUsedBytes(): void {
+    const st = this.statements;
+    if (!st) return;
+    const pages = st.pageCount.pluck().get() as number;
+    const free = st.freelistCount.pluck().get() as number;
+    this.usedBytes = (pages - free) * this.pageSize;
   }
 
   private enqueue(add: (p: Pending) => void): Promise<void> {
@@ -316,6 +485,18 @@ class SqliteBuffer implements RecordBuffer {
     setImmediate(() => this.flush());
   }
 
+  /** How many of the oldest records drop-oldest must delete before this batch fits. */
+  private overflowToDrop(batch: Pending): number {
+    if (this.whenFull !== 'drop-oldest') return 0;
+    let drop = 0;
+    if (this.maxRecords !== null) drop = Math.max(drop, this.recordCount() + batch.records.length - this.maxRecords);
+    if (this.maxBytes !== null) {
+      const over = this.usedBytes + batch.bytes - this.maxBytes;
+      if (over > 0) drop = Math.max(drop, Math.ceil(over / this.bytesPerRecord()));
+    }
+    return Math.min(drop, this.recordCount());
+  }
+
   /** Writes everything queued in one transaction, then settles every waiter. */
   private flush(): void {
     this.flushScheduled = false;
@@ -328,29 +509,56 @@ class SqliteBuffer implements RecordBuffer {
       for (const w of batch.waiters) w.reject(err);
       return;
     }
-    const cursorUpdates = [...this.dirtyCursors].map((name) => [name, this.cursors.get(name)!] as const);
+    const drop = this.overflowToDrop(batch);
+    const dropThrough = this.first + drop - 1;
+    const lossByUpstream = drop > 0 ? this.lossesThrough(dropThrough) : null;
+    if (drop > 0) this.opts.logger.warn({ dropped: drop, through: dropThrough }, 'buffer full: dropping the oldest records');
+    if (lossByUpstream) for (const name of lossByUpstream.keys()) this.dirtyCursors.add(name);
+    const cursorUpdates = [...this.dirtyCursors].map((name) => [name, Math.max(this.cursors.get(name)!, lossByUpstream?.has(name) ? dropThrough : 0)] as const);
     this.dirtyCursors.clear();
     let lastSeq = this.last;
     try {
-      st.commit(batch, cursorUpdates);
+      st.commit(batch, cursorUpdates, drop > 0 ? dropThrough : 0);
       if (batch.records.length > 0) lastSeq = st.lastSeq.pluck().get() as number;
     } catch (err) {
       this.commitErrors++;
+      this.failing = true;
+      this.lastError = (err as Error).message;
+      this.lastErrorAt = new Date(this.now()).toISOString();
       // The rows are not durable: nobody is acknowledged, devices retry. Cursor moves are re-queued.
       for (const [name] of cursorUpdates) this.dirtyCursors.add(name);
       const error = new WanwuError('WANWU_ERR_STORAGE', `buffer commit failed: ${(err as Error).message}`, { cause: err });
-      this.opts.logger.error({ err: error.message, code: error.code }, 'buffer commit failed');
+      this.opts.logger.error({ err: error.message, code: error.code, sqlite: (err as { code?: string }).code }, 'buffer commit failed');
       for (const w of batch.waiters) w.reject(error);
       return;
     }
+    if (this.failing) this.opts.logger.info({}, 'buffer commits succeed again');
+    this.failing = false;
     this.commits++;
     this.committedRecords += batch.records.length;
     this.deadLetterCount += batch.deadLetters.length;
+    for (const [name, seq] of cursorUpdates) this.cursors.set(name, seq);
+    if (lossByUpstream) {
+      this.dropped += undeliveredCount(lossByUpstream);
+      for (const [name, n] of lossByUpstream) this.losses.get(name)!.dropped += n;
+    }
+    if (drop > 0) this.first = dropThrough + 1;
     this.last = lastSeq;
+    if (batch.records.length > 0 || drop > 0) this.refreshUsedBytes();
     for (const w of batch.waiters) w.resolve();
     if (batch.records.length > 0) {
       for (const listener of this.listeners) listener();
     }
+  }
+
+  /** For deleting every record up to `seq`: how many each upstream had not acknowledged yet. */
+  private lossesThrough(seq: number): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const name of this.opts.upstreams) {
+      const cursor = Math.max(this.cursors.get(name) ?? 0, this.first - 1);
+      if (seq > cursor) out.set(name, seq - cursor);
+    }
+    return out;
   }
 
   private minCursor(): number {
@@ -359,16 +567,49 @@ class SqliteBuffer implements RecordBuffer {
     return min;
   }
 
-  /** Deletes records every upstream has acknowledged, a bounded chunk per call so the loop never stalls. */
-  private prune(): void {
+  /**
+   * Housekeeping, once a second: records every upstream has are deleted; records past ttl are
+   * expired; free pages beyond a small reserve go back to the file system.
+   */
+  private maintain(): void {
     const st = this.statements;
     if (!st) return;
     try {
-      this.refreshLastSeq();
-      st.prune.run(this.minCursor(), 50_000);
+      this.refreshFromDisk();
+      const forwarded = Math.min(this.minCursor(), this.first - 1 + DELETE_CHUNK);
+      if (forwarded >= this.first) {
+        st.deleteThrough.run(forwarded);
+        this.first = forwarded + 1;
+      }
+      if (this.ttlS !== null) this.expire(st);
+      const free = st.freelistCount.pluck().get() as number;
+      if (free > FREE_PAGES_KEPT) {
+        this.db!.pragma(`incremental_vacuum(${free - FREE_PAGES_KEPT})`);
+        // The file is cut to its new size when the WAL is copied back; do it now rather than at the
+        // next automatic checkpoint, and leave the WAL empty.
+        this.db!.pragma('wal_checkpoint(TRUNCATE)');
+      }
+      this.refreshUsedBytes();
     } catch (err) {
-      this.opts.logger.warn({ err: (err as Error).message }, 'buffer prune failed; will retry');
+      this.opts.logger.warn({ err: (err as Error).message }, 'buffer housekeeping failed; will retry');
     }
+  }
+
+  /** Deletes the run of records older than ttl at the head of the table, counted per upstream. */
+  private expire(st: NonNullable<SqliteBuffer['statements']>): void {
+    const cutoff = this.now() - this.ttlS! * 1000;
+    const firstFresh = st.firstNotBefore.pluck().get(this.first - 1, cutoff) as number | undefined;
+    const through = Math.min((firstFresh ?? this.last + 1) - 1, this.first - 1 + DELETE_CHUNK);
+    if (through < this.first) return;
+    const losses = this.lossesThrough(through);
+    const updates = [...losses.keys()].map((name) => [name, through] as const);
+    st.expireThrough(through, updates);
+    for (const [name, n] of losses) {
+      this.losses.get(name)!.expired += n;
+      this.cursors.set(name, through);
+    }
+    this.expired += undeliveredCount(losses);
+    this.first = through + 1;
   }
 
   private prepare(db: Database.Database) {
@@ -379,12 +620,14 @@ class SqliteBuffer implements RecordBuffer {
       'INSERT INTO dead_letters (received_at, transport, product_key, device_name, topic, peer, code, message, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
     );
     const upsertCursor = db.prepare(
-      'INSERT INTO cursors (upstream, seq) VALUES (?, ?) ON CONFLICT (upstream) DO UPDATE SET seq = excluded.seq',
+      'INSERT INTO cursors (upstream, seq) VALUES (?, ?) ON CONFLICT (upstream) DO UPDATE SET seq = MAX(seq, excluded.seq)',
     );
+    const deleteThrough = db.prepare('DELETE FROM records WHERE seq <= ?');
     const deleteDeadLetter = db.prepare('DELETE FROM dead_letters WHERE id = ?');
-    const commit = db.transaction((batch: Pending, cursorUpdates: ReadonlyArray<readonly [string, number]>) => {
-      for (const r of batch.records) {
-        insertRecord.run(r.id, r.productKey, r.deviceName, r.kind, r.event ?? null, r.receivedAt, JSON.stringify(r));
+    const commit = db.transaction((batch: Pending, cursorUpdates: ReadonlyArray<readonly [string, number]>, dropThrough: number) => {
+      if (dropThrough > 0) deleteThrough.run(dropThrough);
+      for (const { r, body } of batch.records) {
+        insertRecord.run(r.id, r.productKey, r.deviceName, r.kind, r.event ?? null, r.receivedAt, body);
       }
       for (const d of batch.deadLetters) {
         insertDeadLetter.run(d.receivedAt, d.transport, d.productKey ?? null, d.deviceName ?? null, d.topic, d.peer, d.code, d.message, d.payload);
@@ -393,8 +636,14 @@ class SqliteBuffer implements RecordBuffer {
     });
     return {
       commit,
+      deleteThrough,
+      expireThrough: db.transaction((through: number, updates: ReadonlyArray<readonly [string, number]>) => {
+        deleteThrough.run(through);
+        for (const [name, seq] of updates) upsertCursor.run(name, seq);
+      }),
       lastSeq: db.prepare("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'records'), 0)"),
       firstSeq: db.prepare('SELECT MIN(seq) FROM records'),
+      firstNotBefore: db.prepare('SELECT seq FROM records WHERE seq > ? AND received_at >= ? ORDER BY seq LIMIT 1'),
       readAfter: db.prepare(
         'SELECT seq, product_key AS productKey, device_name AS deviceName, kind, event, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?',
       ),
@@ -411,11 +660,27 @@ class SqliteBuffer implements RecordBuffer {
         if (deleteDeadLetter.run(id).changes !== 1) throw new Error(`dead letter ${id} is gone (replayed by someone else?)`);
       }),
       reviseDeadLetter: db.prepare('UPDATE dead_letters SET code = ?, message = ? WHERE id = ?'),
-      prune: db.prepare('DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE seq <= ? ORDER BY seq LIMIT ?)'),
+      pageCount: db.prepare('PRAGMA page_count'),
+      freelistCount: db.prepare('PRAGMA freelist_count'),
     };
   }
 }
 
+/** Records lost to at least one upstream: the largest per-upstream loss (each record counts once). */
+function undeliveredCount(losses: ReadonlyMap<string, number>): number {
+  let max = 0;
+  for (const n of losses.values()) max = Math.max(max, n);
+  return max;
+}
+
 function emptyPending(): Pending {
-  return { records: [], deadLetters: [], waiters: [] };
+  return { records: [], bytes: 0, deadLetters: [], waiters: [] };
+}
+
+function fileSize(path: string): number {
+  try {
+    return statSync(path).size;
+  } catch {
+    return 0;
+  }
 }

@@ -6,7 +6,8 @@ import mqtt from 'mqtt';
 import type { Gateway } from '../../src/gateway.js';
 import { signMqttLogin } from '../../src/registry/sign.js';
 import { CoapTestClient } from '../helpers/coap.js';
-import { connectDevice, DEMO, getJson, startGateway } from '../helpers/gateway.js';
+import { loadRegistry } from '../../src/registry/index.js';
+import { connectDevice, DEMO, DEVICES_DIR, getJson, startGateway } from '../helpers/gateway.js';
 import { tempDir, TestUpstream, waitUntil } from '../helpers/index.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -228,6 +229,7 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
 
   it('status, metrics and healthz', async () => {
     const g = await start();
+    const samples = loadRegistry(DEVICES_DIR);
     const { http, coap, mqtt: m } = g.addresses();
     const health = await getJson(http.port, '/healthz');
     expect(health.status).toBe(200);
@@ -236,7 +238,7 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
       uptimeS: expect.any(Number),
       ready: true,
       listeners: { coap: { port: coap.port, address: '127.0.0.1' }, mqtt: { port: m.port, clients: 0 }, http: { port: http.port } },
-      registry: { products: 3, devices: 9 },
+      registry: { products: samples.products.length, devices: samples.deviceCount },
       ingest: { accepted: { total: 0 }, rejected: { total: 0 } },
       buffer: { pending: 0, deadLetters: 0, oldestPendingAgeS: 0 },
     });
@@ -247,7 +249,7 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
     expect(metrics.status).toBe(200);
     expect(metrics.text).toContain('wanwu_upstream_connected{upstream="cloud"} 1');
     expect(metrics.text).toContain('# TYPE wanwu_ingest_accepted_total counter');
-    expect(metrics.text).toContain('wanwu_devices 9');
+    expect(metrics.text).toContain(`wanwu_devices ${samples.deviceCount}`);
     expect((await getJson(http.port, '/nope')).status).toBe(404);
   });
 
