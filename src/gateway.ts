@@ -66,6 +66,10 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       sync: config.storage.sync,
       logger,
       upstreams: config.upstreams.map((u) => u.name),
+      maxBytes: config.storage.maxBytes,
+      maxRecords: config.storage.maxRecords,
+      whenFull: config.storage.whenFull,
+      ttlS: config.storage.ttl,
     });
     await buffer.start();
     pipeline = createPipeline({

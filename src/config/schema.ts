@@ -49,6 +49,28 @@ export const upstreamSchema = z.strictObject({
   reconnectMaxMs: z.number().int().min(10).default(30_000),
   /** MQTT keepalive in seconds. */
   keepaliveS: z.number().int().min(0).max(65535).default(60),
+  /** false = persistent session (the broker keeps our subscriptions and in-flight state across reconnects). */
+  clean: z.boolean().default(true),
+  /**
+   * Payload: "json" (one record per message), "json-batch" (a JSON array of records that share a
+   * topic, up to batchMaxRecords or batchMaxDelayMs), "protobuf" (one wanwu.v1.Record per message,
+   * proto/wanwu/v1/record.proto).
+   */
+  format: z.enum(['json', 'json-batch', 'protobuf']).default('json'),
+  /** json-batch: most records per message. */
+  batchMaxRecords: z.number().int().min(1).max(10_000).default(100),
+  /** json-batch: how long a partly filled batch waits for more records, in ms. */
+  batchMaxDelayMs: z.number().int().min(0).max(60_000).default(20),
+  /** TLS for mqtts:// and wss://: PEM file paths; the server certificate is verified unless insecure is true. */
+  tls: z
+    .strictObject({
+      ca: z.string().min(1).optional(),
+      cert: z.string().min(1).optional(),
+      key: z.string().min(1).optional(),
+      /** Skip server certificate verification (lab use only). */
+      insecure: z.boolean().default(false),
+    })
+    .optional(),
 });
 
 const account = z.strictObject({ username: z.string().min(1), password: z.string().min(1) });
@@ -90,6 +112,14 @@ export const configSchema = z.strictObject({
       path: z.string().min(1).default('./data/wanwu.db'),
       /** "full": fsync at every group commit (power-loss safe). "normal": WAL synced at checkpoints (crash safe, may lose the last commits on power loss). */
       sync: z.enum(['full', 'normal']).default('full'),
+      /** Most bytes the database may use (pages in use), or null for no limit. Default 1 GiB. */
+      maxBytes: z.number().int().min(64 * 1024).nullable().default(1024 * 1024 * 1024),
+      /** Most records it may hold, or null for no limit. */
+      maxRecords: z.number().int().min(1).nullable().default(null),
+      /** At a limit: "reject-new" (devices get 5.03 / an Alink 503 reply and retry; nothing accepted is lost) or "drop-oldest" (counted per upstream). */
+      whenFull: z.enum(['reject-new', 'drop-oldest']).default('reject-new'),
+      /** Seconds a record may wait for its upstreams before it is deleted (counted as expired); 0 = no limit. */
+      ttl: z.number().int().min(0).default(0),
     })
     .prefault({}),
   /** Folder of product definitions (devices/<productKey>/...). */

@@ -2,13 +2,20 @@
 // publishes them with a bounded window of messages in flight, and advances the cursor only over a
 // contiguous run of acknowledged records (PUBACK for QoS 1). A lost connection throws the window away
 // and resumes from the cursor on a fresh connection, so delivery is at least once and, because records
-// are re-sent in buffer order on one connection, in order per device.
+// are re-sent in buffer order, in order per device and topic.
+//
+// A slow or dead upstream never slows ingest or another upstream: each forwarder only reads the buffer.
 
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { StoredRecord, RecordBuffer } from '../buffer/index.js';
 import type { UpstreamConfig } from '../config/index.js';
+import { WanwuError } from '../errors.js';
 import type { Logger, Stage } from '../types.js';
+import { encodePayload } from './payload.js';
+
+export { decodeRecordProtobuf, encodeRecordProtobuf, RECORD_PROTO } from './payload.js';
 
 export interface ForwarderOptions {
   upstream: UpstreamConfig;
@@ -25,10 +32,19 @@ export interface ForwarderOptions {
 export interface ForwarderStats {
   name: string;
   url: string;
+  format: UpstreamConfig['format'];
   connected: boolean;
+  /** Records acknowledged by the upstream since start. */
   forwarded: number;
+  /** MQTT messages published and awaiting acknowledgement. */
   inFlight: number;
+  /** Records this upstream has not acknowledged yet. */
   pending: number;
+  oldestPendingAgeS: number;
+  /** Records it never got: deleted when the buffer was full (drop-oldest). */
+  dropped: number;
+  /** Records it never got: older than storage.ttl. */
+  expired: number;
   cursor: number;
   reconnects: number;
   lastError: string | null;
@@ -43,15 +59,12 @@ export function createForwarder(opts: ForwarderOptions): Forwarder {
   return new MqttForwarder(opts);
 }
 
-interface InFlight {
-  seq: number;
-  acked: boolean;
-}
+type TopicFields = Pick<StoredRecord, 'productKey' | 'deviceName' | 'kind' | 'event'>;
 
 /** Renders `wanwu/{productKey}/{deviceName}/{kind}`-style templates; {event} falls back to the kind. */
-export function compileTopic(template: string): (r: Pick<StoredRecord, 'productKey' | 'deviceName' | 'kind' | 'event'>) => string {
+export function compileTopic(template: string): (r: TopicFields) => string {
   const parts = template.split(/(\{[a-zA-Z]+\})/).filter((p) => p !== '');
-  const getters = parts.map((p): ((r: Pick<StoredRecord, 'productKey' | 'deviceName' | 'kind' | 'event'>) => string) => {
+  const getters = parts.map((p): ((r: TopicFields) => string) => {
     switch (p) {
       case '{productKey}': return (r) => r.productKey;
       case '{deviceName}': return (r) => r.deviceName;
@@ -77,13 +90,43 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number, rand
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
 
+/** MQTT client options for TLS (mqtts://, wss://): PEM files read at start, verification on unless insecure. */
+export function tlsOptions(upstream: UpstreamConfig): Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized'> {
+  const tls = upstream.tls;
+  if (!tls) return {};
+  const read = (key: 'ca' | 'cert' | 'key') => {
+    const file = tls[key];
+    if (file === undefined) return undefined;
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new WanwuError('WANWU_ERR_CONFIG', `upstreams[${upstream.name}].tls.${key}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const out: Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized'> = { rejectUnauthorized: !tls.insecure };
+  const ca = read('ca');
+  const cert = read('cert');
+  const key = read('key');
+  if (ca) out.ca = ca;
+  if (cert) out.cert = cert;
+  if (key) out.key = key;
+  return out;
+}
+
+/** One record in the window: its seq and whether the message carrying it was acknowledged. */
+interface InFlight {
+  seq: number;
+  acked: boolean;
+}
+
 class MqttForwarder implements Forwarder {
   private client: MqttClient | null = null;
   private running = false;
   private connected = false;
-  /** Records sent on the current connection, in send order; the head is the oldest unacknowledged. */
+  /** Records sent on the current connection, in seq order; the head is the oldest unacknowledged. */
   private window: InFlight[] = [];
-  private bySeq = new Map<number, InFlight>();
+  /** Messages (one record, or a batch) published and not yet acknowledged. */
+  private messagesInFlight = 0;
   /** Highest seq handed to the client on this connection. */
   private sentSeq = 0;
   private forwarded = 0;
@@ -92,14 +135,19 @@ class MqttForwarder implements Forwarder {
   private lastError: string | null = null;
   private lastErrorAt: string | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
+  private batchTimer: NodeJS.Timeout | null = null;
+  /** Set when a partly filled batch has waited batchMaxDelayMs: send it as it is. */
+  private batchDue = false;
   private unsubscribe: (() => void) | null = null;
   private pumping = false;
   private readonly topicOf: ReturnType<typeof compileTopic>;
   private readonly random: () => number;
+  private readonly tls: ReturnType<typeof tlsOptions>;
 
   constructor(private readonly opts: ForwarderOptions) {
     this.topicOf = compileTopic(opts.upstream.topic);
     this.random = opts.random ?? Math.random;
+    this.tls = tlsOptions(opts.upstream);
   }
 
   async start(): Promise<void> {
@@ -116,11 +164,12 @@ class MqttForwarder implements Forwarder {
     this.unsubscribe = null;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
+    this.clearBatchTimer();
     const client = this.client;
     if (client) {
       // Nothing new is sent (running is false); give acknowledgements already on the wire a moment so
       // the cursor is saved, then close cleanly with DISCONNECT.
-      if (this.connected) await waitFor(() => this.window.length === 0, 2000);
+      if (this.connected) await waitFor(() => this.messagesInFlight === 0, 2000);
       this.client = null;
       this.connected = false;
       client.removeAllListeners('close');
@@ -130,15 +179,19 @@ class MqttForwarder implements Forwarder {
   }
 
   stats(): ForwarderStats {
-    const cursor = this.opts.buffer.cursor(this.opts.upstream.name);
+    const b = this.opts.buffer.upstreamStats(this.opts.upstream.name);
     return {
       name: this.opts.upstream.name,
       url: redact(this.opts.url),
+      format: this.opts.upstream.format,
       connected: this.connected,
       forwarded: this.forwarded,
-      inFlight: this.window.length,
-      pending: Math.max(0, this.opts.buffer.lastSeq() - cursor),
-      cursor,
+      inFlight: this.messagesInFlight,
+      pending: b.pending,
+      oldestPendingAgeS: b.oldestPendingAgeS,
+      dropped: b.dropped,
+      expired: b.expired,
+      cursor: b.cursor,
       reconnects: this.reconnects,
       lastError: this.lastError,
       lastErrorAt: this.lastErrorAt,
@@ -152,12 +205,13 @@ class MqttForwarder implements Forwarder {
       username: this.opts.username ?? u.username,
       password: this.opts.password ?? u.password,
       keepalive: u.keepaliveS,
-      clean: true,
+      clean: u.clean,
       // We own reconnection (exponential backoff with jitter) and re-sending (from the cursor).
       reconnectPeriod: 0,
       connectTimeout: 10_000,
       queueQoSZero: false,
       resubscribe: false,
+      ...this.tls,
     };
     const client = mqtt.connect(this.opts.url, options);
     this.client = client;
@@ -199,8 +253,15 @@ class MqttForwarder implements Forwarder {
 
   private resetWindow(): void {
     this.window = [];
-    this.bySeq.clear();
+    this.messagesInFlight = 0;
     this.sentSeq = this.opts.buffer.cursor(this.opts.upstream.name);
+    this.clearBatchTimer();
+  }
+
+  private clearBatchTimer(): void {
+    if (this.batchTimer) clearTimeout(this.batchTimer);
+    this.batchTimer = null;
+    this.batchDue = false;
   }
 
   /** Fills the window from the buffer. */
@@ -208,48 +269,116 @@ class MqttForwarder implements Forwarder {
     if (this.pumping) return;
     this.pumping = true;
     try {
-      const size = this.opts.upstream.window;
-      while (this.running && this.connected && this.client && this.window.length < size) {
-        const rows = this.opts.buffer.readAfter(this.sentSeq, size - this.window.length);
+      const u = this.opts.upstream;
+      const perMessage = u.format === 'json-batch' ? u.batchMaxRecords : 1;
+      while (this.running && this.connected && this.client && this.messagesInFlight < u.window) {
+        const room = u.window - this.messagesInFlight;
+        const rows = this.opts.buffer.readAfter(this.sentSeq, Math.min(room * perMessage, 10_000));
         if (rows.length === 0) break;
-        for (const row of rows) this.send(this.client, row);
+        if (perMessage === 1) {
+          for (const row of rows) this.send(this.client, this.topicOf(row), [row]);
+          continue;
+        }
+        if (!this.sendBatches(this.client, rows, room, perMessage)) break;
       }
     } finally {
       this.pumping = false;
     }
   }
 
-  private send(client: MqttClient, row: StoredRecord): void {
-    const entry: InFlight = { seq: row.seq, acked: false };
-    this.window.push(entry);
-    this.bySeq.set(row.seq, entry);
-    this.sentSeq = row.seq;
-    client.publish(this.topicOf(row), row.body, { qos: this.opts.upstream.qos }, (err) => {
+  /**
+   * json-batch: records are grouped by topic (so each topic keeps its order), full batches go at once,
+   * and a partly filled batch waits up to batchMaxDelayMs for company. Returns false to stop pumping.
+   */
+  private sendBatches(client: MqttClient, rows: StoredRecord[], room: number, perMessage: number): boolean {
+    const groups = new Map<string, StoredRecord[]>();
+    for (const row of rows) {
+      const topic = this.topicOf(row);
+      let g = groups.get(topic);
+      if (!g) groups.set(topic, (g = []));
+      g.push(row);
+    }
+    const full = [...groups.values()].some((g) => g.length >= perMessage);
+    if (!full && !this.batchDue) {
+      if (!this.batchTimer) {
+        this.batchTimer = setTimeout(() => {
+          this.batchTimer = null;
+          this.batchDue = true;
+          this.pump();
+        }, this.opts.upstream.batchMaxDelayMs);
+      }
+      return false;
+    }
+    this.clearBatchTimer();
+    const before = this.sentSeq;
+    // Send in seq order of each batch's first record; stop at the first record not sent, so that
+    // sentSeq stays a prefix and nothing is skipped.
+    const batches: StoredRecord[][] = [];
+    for (const g of groups.values()) for (let i = 0; i < g.length; i += perMessage) batches.push(g.slice(i, i + perMessage));
+    batches.sort((a, b) => a[0]!.seq - b[0]!.seq);
+    const sendable = batches.slice(0, room);
+    const sent = new Set<number>();
+    for (const b of sendable) for (const r of b) sent.add(r.seq);
+    let prefixEnd = this.sentSeq;
+    for (const row of rows) {
+      if (!sent.has(row.seq)) break;
+      prefixEnd = row.seq;
+    }
+    for (const b of sendable) {
+      const inPrefix = b.filter((r) => r.seq <= prefixEnd);
+      if (inPrefix.length > 0) this.send(client, this.topicOf(inPrefix[0]!), inPrefix);
+    }
+    return prefixEnd > before;
+  }
+
+  private send(client: MqttClient, topic: string, rows: StoredRecord[]): void {
+    const entries = rows.map((row) => ({ seq: row.seq, acked: false }));
+    // Entries join the window in seq order (rows of a prefix; batches may interleave, so insert sorted).
+    for (const e of entries) {
+      const w = this.window;
+      if (w.length === 0 || w[w.length - 1]!.seq < e.seq) w.push(e);
+      else w.splice(w.findIndex((x) => x.seq > e.seq), 0, e);
+    }
+    this.sentSeq = Math.max(this.sentSeq, rows[rows.length - 1]!.seq);
+    this.messagesInFlight++;
+    let payload: string | Buffer;
+    try {
+      payload = encodePayload(this.opts.upstream.format, rows.map((r) => r.body));
+    } catch (err) {
+      // Should not happen (bodies are our own JSON); report loudly and keep the window consistent.
+      this.noteError(err as Error);
+      this.opts.logger.error({ upstream: this.opts.upstream.name, err: (err as Error).message }, 'cannot encode records for upstream');
+      this.onAck(entries);
+      return;
+    }
+    client.publish(topic, payload, { qos: this.opts.upstream.qos }, (err) => {
       if (client !== this.client) return; // a closed connection's window was already dropped
       if (err) {
         this.noteError(err);
-        return; // the connection will close; the record is sent again from the cursor
+        return; // the connection will close; the records are sent again from the cursor
       }
-      this.onAck(entry);
+      this.onAck(entries);
     });
   }
 
-  private onAck(entry: InFlight): void {
-    if (entry.acked || this.bySeq.get(entry.seq) !== entry) return;
-    entry.acked = true;
-    this.forwarded++;
+  private onAck(entries: InFlight[]): void {
+    this.messagesInFlight--;
+    for (const e of entries) {
+      if (e.acked) continue;
+      e.acked = true;
+      this.forwarded++;
+    }
     let cursor = -1;
     let drop = 0;
     while (drop < this.window.length && this.window[drop]!.acked) {
       cursor = this.window[drop]!.seq;
-      this.bySeq.delete(cursor);
       drop++;
     }
     if (drop > 0) {
       this.window.splice(0, drop);
       this.opts.buffer.setCursor(this.opts.upstream.name, cursor);
-      this.pump();
     }
+    this.pump();
   }
 
   private noteError(err: Error): void {

@@ -56,12 +56,23 @@ export function buildStatus(s: StatusSources, http: { address: string; port: num
     },
     buffer: {
       path: buffer.path,
+      state: buffer.state,
+      whenFull: buffer.whenFull,
       pending: buffer.pending,
       records: buffer.records,
+      maxRecords: buffer.maxRecords,
+      bytes: buffer.bytes,
+      maxBytes: buffer.maxBytes,
+      fileBytes: buffer.fileBytes,
       oldestPendingAgeS: buffer.oldestPendingAgeS,
+      refused: buffer.refused,
+      dropped: buffer.dropped,
+      expired: buffer.expired,
       deadLetters: buffer.deadLetters,
       commits: buffer.commits,
       commitErrors: buffer.commitErrors,
+      lastError: buffer.lastError,
+      lastErrorAt: buffer.lastErrorAt,
     },
     upstreams: s.upstreams(),
   };
@@ -101,6 +112,14 @@ export function createMetricsRegistry(s: StatusSources): client.Registry {
   gauge('wanwu_buffer_oldest_pending_age_seconds', 'Age of the oldest record some upstream still lacks', [], () => [[{}, s.buffer().oldestPendingAgeS]]);
   gauge('wanwu_buffer_dead_letters', 'Payloads kept in the dead-letter table', [], () => [[{}, s.buffer().deadLetters]]);
   counter('wanwu_buffer_commits_total', 'Group commits', [], () => [[{}, s.buffer().commits]]);
+  gauge('wanwu_buffer_records', 'Records stored in the buffer', [], () => [[{}, s.buffer().records]]);
+  gauge('wanwu_buffer_bytes', 'Bytes of database pages in use (bounded by storage.maxBytes)', [], () => [[{}, s.buffer().bytes]]);
+  gauge('wanwu_buffer_file_bytes', 'Size on disk of the database and its WAL', [], () => [[{}, s.buffer().fileBytes]]);
+  gauge('wanwu_buffer_state', '1 for the buffer\'s current state (ok, full, error)', ['state'], () =>
+    (['ok', 'full', 'error'] as const).map((st) => [{ state: st }, s.buffer().state === st ? 1 : 0]));
+  counter('wanwu_buffer_refused_total', 'Records refused because the buffer was full (reject-new)', [], () => [[{}, s.buffer().refused]]);
+  counter('wanwu_buffer_dropped_total', 'Records deleted undelivered because the buffer was full (drop-oldest)', [], () => [[{}, s.buffer().dropped]]);
+  counter('wanwu_buffer_expired_total', 'Records deleted undelivered because they outlived storage.ttl', [], () => [[{}, s.buffer().expired]]);
   counter('wanwu_buffer_commit_errors_total', 'Failed group commits (devices not acknowledged)', [], () => [[{}, s.buffer().commitErrors]]);
   gauge('wanwu_upstream_connected', '1 when the upstream connection is up', ['upstream'], () =>
     s.upstreams().map((u) => [{ upstream: u.name }, u.connected ? 1 : 0]));
@@ -112,6 +131,12 @@ export function createMetricsRegistry(s: StatusSources): client.Registry {
     s.upstreams().map((u) => [{ upstream: u.name }, u.inFlight]));
   counter('wanwu_upstream_reconnects_total', 'Upstream reconnect attempts', ['upstream'], () =>
     s.upstreams().map((u) => [{ upstream: u.name }, u.reconnects]));
+  gauge('wanwu_upstream_oldest_pending_age_seconds', 'Age of the oldest record the upstream lacks', ['upstream'], () =>
+    s.upstreams().map((u) => [{ upstream: u.name }, u.oldestPendingAgeS]));
+  counter('wanwu_upstream_dropped_total', 'Records the upstream never got: buffer full (drop-oldest)', ['upstream'], () =>
+    s.upstreams().map((u) => [{ upstream: u.name }, u.dropped]));
+  counter('wanwu_upstream_expired_total', 'Records the upstream never got: older than storage.ttl', ['upstream'], () =>
+    s.upstreams().map((u) => [{ upstream: u.name }, u.expired]));
   gauge('wanwu_mqtt_clients', 'Connected MQTT clients by role', ['role'], () => {
     const m = s.mqtt();
     return m ? [[{ role: 'device' }, m.devices], [{ role: 'app' }, m.apps], [{ role: 'all' }, m.clients]] : [];

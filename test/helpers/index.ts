@@ -1,7 +1,9 @@
 // Shared test helpers: temp folders, a silent logger, an in-process aedes upstream, polling.
 
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Aedes } from 'aedes';
@@ -41,6 +43,9 @@ export class TestUpstream {
   private sockets = new Set<Socket>();
   connections = 0;
 
+  /** With `tls`, the broker listens for MQTT over TLS (mqtts://) with this key and certificate. */
+  constructor(private readonly tls?: { key: Buffer; cert: Buffer }) {}
+
   async start(port = this.port): Promise<void> {
     // Messages are recorded in authorizePublish, which aedes runs before it sends PUBACK: an
     // acknowledged message is always recorded, even if the broker is stopped right after.
@@ -58,8 +63,10 @@ export class TestUpstream {
       },
     });
     broker.on('client', () => this.connections++);
-    const server = createServer(broker.handle as (s: Socket) => void);
-    server.on('connection', (s) => {
+    const server = this.tls
+      ? (createTlsServer({ key: this.tls.key, cert: this.tls.cert }, broker.handle as (s: Socket) => void) as unknown as Server)
+      : createServer(broker.handle as (s: Socket) => void);
+    server.on(this.tls ? 'secureConnection' : 'connection', (s: Socket) => {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
     });
@@ -73,7 +80,7 @@ export class TestUpstream {
   }
 
   get url(): string {
-    return `mqtt://127.0.0.1:${this.port}`;
+    return this.tls ? `mqtts://localhost:${this.port}` : `mqtt://127.0.0.1:${this.port}`;
   }
 
   async stop(): Promise<void> {
@@ -88,4 +95,22 @@ export class TestUpstream {
   records(): Array<Record<string, unknown>> {
     return this.messages.map((m) => m.json);
   }
+}
+
+/** A throwaway CA and a server certificate for "localhost", made with the openssl command. */
+export function makeCertificates(dir: string): { caFile: string; ca: Buffer; key: Buffer; cert: Buffer } {
+  const run = (args: string[]) => {
+    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+  };
+  run(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=wanwu-test-ca']);
+  run(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost']);
+  writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
+  run(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'ext.cnf']);
+  return {
+    caFile: join(dir, 'ca.pem'),
+    ca: readFileSync(join(dir, 'ca.pem')),
+    key: readFileSync(join(dir, 'server.key')),
+    cert: readFileSync(join(dir, 'server.pem')),
+  };
 }

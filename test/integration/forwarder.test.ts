@@ -3,9 +3,9 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createBuffer, type RecordBuffer } from '../../src/buffer/index.js';
 import { parseConfig } from '../../src/config/index.js';
-import { compileTopic, createForwarder, type Forwarder } from '../../src/forward/index.js';
+import { compileTopic, createForwarder, decodeRecordProtobuf, type Forwarder } from '../../src/forward/index.js';
 import type { TelemetryRecord } from '../../src/types.js';
-import { silentLogger, tempDir, TestUpstream, waitUntil } from '../helpers/index.js';
+import { makeCertificates, silentLogger, tempDir, TestUpstream, waitUntil } from '../helpers/index.js';
 
 function record(n: number, deviceName: string, kind: 'property' | 'event' = 'property'): TelemetryRecord {
   const r: TelemetryRecord = {
@@ -33,10 +33,10 @@ describe('forwarder (real aedes upstream, real SQLite)', () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function setup(opts: { startUpstream?: boolean; extra?: Record<string, unknown> } = {}) {
+  async function setup(opts: { startUpstream?: boolean; extra?: Record<string, unknown>; tls?: { key: Buffer; cert: Buffer } } = {}) {
     const dir = tempDir();
     cleanups.push(() => dir.cleanup());
-    const upstream = new TestUpstream();
+    const upstream = new TestUpstream(opts.tls);
     if (opts.startUpstream !== false) await upstream.start();
     else {
       // Reserve a port number, then free it: the upstream is "down" at that address.
@@ -108,5 +108,53 @@ describe('forwarder (real aedes upstream, real SQLite)', () => {
       }
       expect(firsts).toEqual([...firsts].sort((x, y) => x - y));
     }
+  });
+
+  it('json-batch: one JSON array per message, up to batchMaxRecords, grouped by topic, in order', async () => {
+    const { upstream, buffer } = await setup({ extra: { format: 'json-batch', batchMaxRecords: 100, topic: 'wanwu/{productKey}/{deviceName}' } });
+    const records = Array.from({ length: 250 }, (_, i) => record(i + 1, i % 2 === 0 ? 'even' : 'odd'));
+    await buffer.append(records);
+    await waitUntil(() => buffer.cursor('up') === 250, 5000, 'all acknowledged');
+    const arrays = upstream.messages.map((m) => ({ topic: m.topic, records: JSON.parse(m.payload.toString()) as Array<{ id: string; deviceName: string }> }));
+    expect(arrays.every((a) => Array.isArray(a.records) && a.records.length <= 100)).toBe(true);
+    expect(arrays.length).toBeLessThanOrEqual(4); // 125 per device -> 100 + 25 each
+    for (const device of ['even', 'odd']) {
+      const got = arrays.filter((a) => a.topic === `wanwu/P1/${device}`).flatMap((a) => a.records.map((r) => r.id));
+      expect(got).toEqual(records.filter((r) => r.deviceName === device).map((r) => r.id));
+    }
+  });
+
+  it('json-batch: a partly filled batch goes out after batchMaxDelayMs', async () => {
+    const { upstream, buffer } = await setup({ extra: { format: 'json-batch', batchMaxRecords: 100, batchMaxDelayMs: 50, topic: 'wanwu/all' } });
+    await buffer.append([record(1, 'a'), record(2, 'b'), record(3, 'c')]);
+    await waitUntil(() => upstream.messages.length === 1, 3000, 'one batch');
+    expect(JSON.parse(upstream.messages[0]!.payload.toString()).map((r: { id: string }) => r.id)).toEqual(['rec-1', 'rec-2', 'rec-3']);
+  });
+
+  it('protobuf: each message is a wanwu.v1.Record that decodes back to the record', async () => {
+    const { upstream, buffer } = await setup({ extra: { format: 'protobuf' } });
+    const r = { ...record(1, 'd1', 'event'), data: { level: 3, label: 'smoke', pos: { lat: 31.2, lon: 121.5 }, samples: [1, 2.5] }, msgId: '77' };
+    await buffer.append([r]);
+    await waitUntil(() => upstream.messages.length === 1, 3000, 'protobuf record');
+    expect(decodeRecordProtobuf(upstream.messages[0]!.payload)).toEqual(r);
+  });
+
+  it('TLS: verifies the broker against the configured CA; insecure only when configured', async () => {
+    const certDir = tempDir();
+    cleanups.push(() => certDir.cleanup());
+    const certs = makeCertificates(certDir.path);
+    const verified = await setup({ tls: certs, extra: { tls: { ca: certs.caFile } } });
+    await verified.buffer.append([record(1, 'd1')]);
+    await waitUntil(() => verified.upstream.messages.length === 1, 5000, 'record over TLS');
+
+    const unverified = await setup({ tls: certs });
+    await unverified.buffer.append([record(1, 'd1')]);
+    await waitUntil(() => (unverified.forwarder.stats().lastError ?? '').length > 0, 5000, 'TLS failure');
+    expect(unverified.forwarder.stats().lastError).toMatch(/self[- ]signed|unable to verify|certificate/i);
+    expect(unverified.upstream.messages).toHaveLength(0);
+
+    const insecure = await setup({ tls: certs, extra: { tls: { insecure: true } } });
+    await insecure.buffer.append([record(1, 'd1')]);
+    await waitUntil(() => insecure.upstream.messages.length === 1, 5000, 'record over unverified TLS');
   });
 });

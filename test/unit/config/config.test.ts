@@ -29,7 +29,7 @@ describe('config defaults', () => {
     expect(c.mqtt.port).toBe(1883);
     expect(c.mqtt.maxPayloadBytes).toBe(65536);
     expect(c.http.port).toBe(8080);
-    expect(c.storage).toEqual({ path: './data/wanwu.db', sync: 'full' });
+    expect(c.storage).toEqual({ path: './data/wanwu.db', sync: 'full', maxBytes: 1024 ** 3, maxRecords: null, whenFull: 'reject-new', ttl: 0 });
     expect(c.devicesDir).toBe('./devices');
     expect(c.upstreams).toHaveLength(1);
     expect(c.upstreams[0]).toMatchObject({ name: 'local', url: 'local', topic: 'wanwu/{productKey}/{deviceName}/{kind}', qos: 1 });
