@@ -1,4 +1,5 @@
-// A minimal CoAP client for tests: dgram + coap-packet, so every byte on the wire is ours to check.
+// A minimal CoAP client (dgram + coap-packet): used by the tests, the soak scripts and the simulator,
+// so every byte on the wire is ours to check.
 
 import { createSocket, type Socket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
@@ -10,7 +11,7 @@ export interface CoapResponse {
   packet: ParsedPacket;
 }
 
-export class CoapTestClient {
+export class CoapClient {
   private socket: Socket | null = null;
   private messageId = Math.floor(Math.random() * 0xffff);
 

@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import mqtt from 'mqtt';
 import type { Gateway } from '../../src/gateway.js';
 import { signMqttLogin } from '../../src/registry/sign.js';
-import { CoapTestClient } from '../helpers/coap.js';
+import { CoapClient as CoapTestClient } from '../../simulators/lib/coap-client.js';
 import { loadRegistry } from '../../src/registry/index.js';
 import { connectDevice, DEMO, DEVICES_DIR, getJson, startGateway } from '../helpers/gateway.js';
 import { tempDir, TestUpstream, waitUntil } from '../helpers/index.js';

@@ -1,51 +1,18 @@
 // The `wanwu` command as a child process (bin/wanwu.js -> dist/, built by `npm test`/`npm install`):
 // refusals at start, clean shutdown on SIGTERM/SIGINT, and no acknowledged record lost to `kill -9`.
 
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { startGatewayProcess, writeConfigFile, type GatewayProcess } from '../../simulators/lib/gateway-process.js';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Gateway } from '../../src/gateway.js';
-import { CoapTestClient } from '../helpers/coap.js';
+import { CoapClient as CoapTestClient } from '../../simulators/lib/coap-client.js';
 import { connectDevice, DEMO, DEVICES_DIR, startGateway } from '../helpers/gateway.js';
 import { tempDir, TestUpstream, waitUntil } from '../helpers/index.js';
 
-const BIN = join(import.meta.dirname, '..', '..', 'bin', 'wanwu.js');
-
-interface Child {
-  proc: ChildProcess;
-  stdout: string;
-  stderr: string;
-  exit: Promise<number | null>;
-  ready: Promise<{ coap: number; mqtt: number; http: number }>;
-}
-
-function startChild(args: string[], env: Record<string, string> = {}): Child {
-  const proc = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const child = { proc, stdout: '', stderr: '' } as Child;
-  child.exit = new Promise((resolve) => proc.on('exit', (code) => resolve(code)));
-  child.ready = new Promise((resolve, reject) => {
-    proc.stdout!.on('data', (d: Buffer) => {
-      child.stdout += d.toString();
-      for (const line of child.stdout.split('\n')) {
-        if (!line.includes('wanwu gateway ready')) continue;
-        const log = JSON.parse(line) as { coap: string; mqtt: string; http: string };
-        const port = (s: string) => Number(s.split(':')[1]!.split('/')[0]);
-        resolve({ coap: port(log.coap), mqtt: port(log.mqtt), http: port(log.http) });
-      }
-    });
-    proc.stderr!.on('data', (d: Buffer) => (child.stderr += d.toString()));
-    void child.exit.then((code) => reject(new Error(`exited with ${code} before ready: ${child.stderr}`)));
-  });
-  child.ready.catch(() => {});
-  return child;
-}
-
-function writeConfig(dir: string, config: Record<string, unknown>): string {
-  const file = join(dir, 'wanwu.json');
-  writeFileSync(file, JSON.stringify(config));
-  return file;
-}
+type Child = GatewayProcess;
+const startChild = startGatewayProcess;
+const writeConfig = (dir: string, config: Record<string, unknown>) => writeConfigFile(dir, config);
 
 function baseConfig(dir: string, upstreamUrl: string) {
   return {
