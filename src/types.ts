@@ -12,6 +12,8 @@ export const RATS: readonly Rat[] = ['nb-iot', 'cat1', 'redcap'];
 export type UplinkRoute =
   | { type: 'property-post' } //  /sys/{pk}/{dn}/thing/event/property/post
   | { type: 'event-post'; eventId: string } //  /sys/{pk}/{dn}/thing/event/{eventId}/post
+  | { type: 'pack-post' } //  /sys/{pk}/{dn}/thing/event/property/pack/post (batched properties and events)
+  | { type: 'batch-post' } //  /sys/{pk}/{dn}/thing/event/property/batch/post (the same, Link SDK's name)
   | { type: 'up-raw' }; //  /sys/{pk}/{dn}/thing/model/up_raw
 
 /** A packet from an identified device, before decoding. */

@@ -61,8 +61,12 @@ const IMEI = { re: /^\d{15}$/, what: 'a 15-digit IMEI' };
 const ICCID = { re: /^\d{18,19}[\dFf]$/, what: 'a 19-20 digit ICCID' };
 const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description'] as const;
 
-/** Checks one product's definition and builds its codec and validators. Throws WANWU_ERR_PRODUCT. */
-export function createProduct(src: ProductSource): Product {
+/**
+ * Checks one product's definition and builds its codec and validators. Throws WANWU_ERR_PRODUCT.
+ * `warn` receives what does not stop the load: keys model.json carries that Wanwu does not use (one
+ * line per key name), and an export's profile.productKey that differs from this product's.
+ */
+export function createProduct(src: ProductSource, warn?: (line: string) => void): Product {
   const dir = src.dir;
   const r = new DefinitionReader(path.join(dir, 'product.json'));
   const p = r.object(src.product, '');
@@ -75,8 +79,16 @@ export function createProduct(src: ProductSource): Product {
   const rat = r.oneOf(p.rat, 'rat', RATS);
   r.optionalString(p.description, 'description');
 
-  const model = src.model === undefined || src.model === null ? null : parseThingModel(src.model, path.join(dir, 'model.json'));
-  if (model) compileModel(model);
+  const modelFile = path.join(dir, 'model.json');
+  const model = src.model === undefined || src.model === null ? null : parseThingModel(src.model, modelFile, warn);
+  if (model) {
+    compileModel(model);
+    // An export keeps the productKey it was made from; importing it under another product is fine.
+    const exported = model.profile?.productKey;
+    if (warn && typeof exported === 'string' && exported !== productKey) {
+      warn(`${modelFile}: profile.productKey: "${exported}" is not this product's "${productKey}" (an export from another product? kept; Wanwu uses the folder's productKey)`);
+    }
+  }
   const codec = buildCodec(p.codec, { productKey, model, reader: r, path: 'codec', dir });
   const devices = src.devices === undefined || src.devices === null ? new Map<string, Device>() : parseDevices(src.devices, productKey, dir);
 
@@ -122,6 +134,7 @@ export function loadRegistry(devicesDir: string): Registry {
   }
 
   const products: Product[] = [];
+  const warnings: string[] = [];
   const imeis = new Map<string, string>();
   for (const folder of names) {
     const dir = path.join(shown, folder);
@@ -130,7 +143,7 @@ export function loadRegistry(devicesDir: string): Registry {
       product: readJson(path.join(devicesDir, folder, 'product.json'), path.join(dir, 'product.json'), true),
       model: readJson(path.join(devicesDir, folder, 'model.json'), path.join(dir, 'model.json'), false),
       devices: readJson(path.join(devicesDir, folder, 'devices.json'), path.join(dir, 'devices.json'), false),
-    });
+    }, (line) => warnings.push(line));
     // NB-IoT platforms identify devices by IMEI: one IMEI must not name two devices.
     let i = 0;
     for (const d of product.devices.values()) {
@@ -152,7 +165,7 @@ export function loadRegistry(devicesDir: string): Registry {
   return Object.freeze({
     products: Object.freeze(products),
     deviceCount,
-    warnings: Object.freeze([] as string[]),
+    warnings: Object.freeze(warnings),
     product: (productKey: string) => byKey.get(productKey),
     device: (productKey: string, deviceName: string) => byKey.get(productKey)?.devices.get(deviceName),
   });

@@ -32,10 +32,31 @@ function withEnvelope<T extends DecodeResult>(result: T, envelope: DecodeEnvelop
   return result;
 }
 
-export type { Codec, DecodedItem, DecodeEnvelope, DecodeResult } from './types.js';
+export type { Codec, DecodedItem, DecodeEnvelope, DecodeResult, EncodeInput } from './types.js';
 export { compileModel, validateItem } from './validate.js';
-export { parseThingModel, TSL_TYPES } from './tsl.js';
-export type { NumberSpecs, ThingModel, TslDataType, TslEvent, TslParam, TslProperty, TslService, TslType } from './tsl.js';
+export { parseThingModel, TSL_TYPE_ALIASES, TSL_TYPES } from './tsl.js';
+export type {
+  NumberSpecs,
+  ThingModel,
+  TslArrayItem,
+  TslArrayType,
+  TslBoolType,
+  TslDataType,
+  TslDateType,
+  TslEnumType,
+  TslEvent,
+  TslFunctionBlock,
+  TslNumberType,
+  TslParam,
+  TslProperty,
+  TslScalarDataType,
+  TslService,
+  TslStructMember,
+  TslStructType,
+  TslTextType,
+  TslType,
+} from './tsl.js';
+export { BATCH_POST_METHOD, encodeAlinkJson, PACK_POST_METHOD, type AlinkRoute } from './codecs/alink-json.js';
 export {
   alinkMethod,
   buildCodec,

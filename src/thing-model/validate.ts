@@ -1,21 +1,31 @@
 // Checks decoded values against the thing model and normalizes them (Alibaba TSL data types):
-//   int    integer within int32          float/double  finite number
-//   bool   true/false/0/1 -> 0|1         enum          integer key of specs
-//   text   string, at most specs.length characters
-//   date   ms since the epoch, a number or (as Alibaba sends it) a string of digits -> number
-// min/max apply to int/float/double; step is informative only. struct/array pass through for now.
+//   int     integer within int32 (OneNET int64/bitMap: within ±(2^53-1))
+//   float/double  finite number                 min/max apply; step is informative only
+//   bool    true/false/0/1 -> 0|1                enum  integer key of specs
+//   text    string of at most specs.length characters (code points)
+//   date    ms since the epoch, a number or (as Alibaba sends it) a string of digits -> number
+//   struct  JSON object of members (each checked by its type); members may be left out
+//   array   JSON array of at most specs.size items, each checked by the item type
 // Property posts are partial updates, so `required` is not enforced on them; on event output
 // data it is, when the model sets it.
 //
-// Each model is compiled once into per-identifier check functions (compileModel, memoized).
+// Messages name the value's path, the rule and the value:
+//   temperature: 130 above max 120        GeoLocation.Latitude: 91 above max 90
+//   readings[3]: 7.5 is not an int         tags: array of 12 exceeds size 10
+// and the error code gives the Alink reply: WANWU_ERR_INVALID (460) or WANWU_ERR_UNKNOWN_IDENTIFIER
+// (6320, also for a struct member the model does not define).
+//
+// Each model is compiled once into per-identifier check functions (compileModel, memoized). A check
+// gets the array index it is called for (or -1) instead of a path string, so the path is only built
+// when a value fails.
 
 import { WanwuError } from '../errors.js';
 import { show } from './check.js';
 import type { ThingModel, TslDataType, TslParam } from './tsl.js';
 import type { DecodedItem } from './types.js';
 
-/** Returns the normalized value or throws WANWU_ERR_INVALID. */
-type Check = (value: unknown) => unknown;
+/** Returns the normalized value or throws; `index` is the position in the enclosing array, or -1. */
+type Check = (value: unknown, index: number) => unknown;
 
 interface EventChecks {
   outputs: Map<string, Check>;
@@ -37,12 +47,12 @@ export function compileModel(model: ThingModel): CompiledModel {
   let c = compiled.get(model);
   if (!c) {
     c = {
-      properties: new Map(model.properties.map((p) => [p.identifier, compileCheck(p.identifier, p.dataType)])),
+      properties: new Map(model.properties.map((p) => [p.identifier, compileCheck(p.identifier, '', p.dataType)])),
       events: new Map(
         model.events.map((e) => [
           e.identifier,
           {
-            outputs: new Map(e.outputData.map((p: TslParam) => [p.identifier, compileCheck(`${e.identifier}.${p.identifier}`, p.dataType)])),
+            outputs: new Map(e.outputData.map((p: TslParam) => [p.identifier, compileCheck(`${e.identifier}.${p.identifier}`, '', p.dataType)])),
             required: e.outputData.filter((p) => p.required === true).map((p) => p.identifier),
           },
         ]),
@@ -65,7 +75,7 @@ export function validateItem(model: ThingModel, productKey: string, item: Decode
     for (const key in data) {
       const check = c.properties.get(key);
       if (!check) throw unknown(key, `${key}: not a property of ${productKey}`);
-      out[key] = check(data[key]);
+      out[key] = check(data[key], -1);
     }
     return out;
   }
@@ -75,7 +85,7 @@ export function validateItem(model: ThingModel, productKey: string, item: Decode
   for (const key in data) {
     const check = e.outputs.get(key);
     if (!check) throw unknown(key, `${event}.${key}: not an output of event ${event} of ${productKey}`, { event });
-    out[key] = check(data[key]);
+    out[key] = check(data[key], -1);
   }
   for (const key of e.required) {
     if (!Object.hasOwn(data, key)) {
@@ -91,12 +101,21 @@ function unknown(identifier: string, message: string, extra: Record<string, unkn
   return new WanwuError('WANWU_ERR_UNKNOWN_IDENTIFIER', message, { detail: { identifier, ...extra } });
 }
 
-/** `label` is the identifier as messages show it (`temperature`, or `lowBattery.batteryLevel` for event output). */
-function compileCheck(label: string, dataType: TslDataType): Check {
-  const fail = (rule: string, value: unknown, message: string, limit?: unknown): never => {
-    const detail: Record<string, unknown> = { identifier: label, rule, value };
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Compiles the check of one value. Its path in messages is `base` + `suffix` outside arrays, and
+ * `base[index]` + `suffix` for an array item (`wifiList[2].rssi`: base "wifiList", suffix ".rssi").
+ */
+function compileCheck(base: string, suffix: string, dataType: TslDataType): Check {
+  const label = (index: number): string => (index < 0 ? base + suffix : `${base}[${index}]${suffix}`);
+  const fail = (index: number, rule: string, value: unknown, message: string, limit?: unknown): never => {
+    const at = label(index);
+    const detail: Record<string, unknown> = { identifier: at, rule, value };
     if (limit !== undefined) detail.limit = limit;
-    throw new WanwuError('WANWU_ERR_INVALID', `${label}: ${message}`, { detail });
+    throw new WanwuError('WANWU_ERR_INVALID', `${at}: ${message}`, { detail });
   };
   switch (dataType.type) {
     case 'int':
@@ -107,55 +126,84 @@ function compileCheck(label: string, dataType: TslDataType): Check {
       const article = type === 'int' ? 'an' : 'a';
       const lo = min ?? -Infinity;
       const hi = max ?? Infinity;
-      return (v) => {
+      const wide = dataType.int64 === true;
+      const intLo = wide ? Number.MIN_SAFE_INTEGER : INT32_MIN;
+      const intHi = wide ? Number.MAX_SAFE_INTEGER : INT32_MAX;
+      const range = wide ? 'the exact integer range of JSON (±(2^53-1))' : 'int32';
+      return (v, i) => {
         if (typeof v !== 'number' || !Number.isFinite(v) || (type === 'int' && !Number.isInteger(v))) {
-          fail(type, v, `${show(v)} is not ${article} ${type}`);
+          fail(i, type, v, `${show(v)} is not ${article} ${type}`);
         }
         const n = v as number;
-        if (type === 'int' && (n < INT32_MIN || n > INT32_MAX)) fail('int', n, `${n} is outside int32`);
-        if (n < lo) fail('min', n, `${n} below min ${min}`, min);
-        if (n > hi) fail('max', n, `${n} above max ${max}`, max);
+        if (type === 'int' && (n < intLo || n > intHi)) fail(i, 'int', n, `${n} is outside ${range}`);
+        if (n < lo) fail(i, 'min', n, `${n} below min ${min}`, min);
+        if (n > hi) fail(i, 'max', n, `${n} above max ${max}`, max);
         return n;
       };
     }
     case 'bool':
-      return (v) => {
+      return (v, i) => {
         if (v === 0 || v === false) return 0;
         if (v === 1 || v === true) return 1;
-        return fail('bool', v, `${show(v)} is not a bool (0, 1, true or false)`);
+        return fail(i, 'bool', v, `${show(v)} is not a bool (0, 1, true or false)`);
       };
     case 'enum': {
       const keys = Object.keys(dataType.specs).map(Number).sort((a, b) => a - b);
       const allowed = new Set(keys);
       const list = keys.join(',');
-      return (v) => {
-        if (typeof v !== 'number' || !allowed.has(v)) fail('enum', v, `${show(v)} not one of enum ${list}`, keys);
+      return (v, i) => {
+        if (typeof v !== 'number' || !allowed.has(v)) fail(i, 'enum', v, `${show(v)} not one of enum ${list}`, keys);
         return v;
       };
     }
     case 'text': {
       const length = dataType.specs.length;
-      return (v) => {
-        if (typeof v !== 'string') return fail('text', v, `${show(v)} is not a text`);
+      return (v, i) => {
+        if (typeof v !== 'string') return fail(i, 'text', v, `${show(v)} is not a text`);
         // Characters are code points; v.length (UTF-16 units) is an upper bound, so count only when it may exceed.
         if (length !== undefined && v.length > length) {
           const chars = [...v].length;
-          if (chars > length) fail('length', v, `text of ${chars} characters exceeds length ${length}`, length);
+          if (chars > length) fail(i, 'length', v, `text of ${chars} characters exceeds length ${length}`, length);
         }
         return v;
       };
     }
     case 'date':
       // Alibaba TSL: a date is a UTC timestamp in ms, sent as a string; numbers are accepted too.
-      return (v) => {
+      return (v, i) => {
         const n = typeof v === 'string' && /^\d{1,16}$/.test(v) ? Number(v) : v;
         if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
-          return fail('date', v, `${show(v)} is not a date (ms since the epoch)`);
+          return fail(i, 'date', v, `${show(v)} is not a date (ms since the epoch)`);
         }
         return n;
       };
-    case 'struct':
-    case 'array':
-      return (v) => v;
+    case 'struct': {
+      const members = new Map<string, Check>(dataType.specs.map((m) => [m.identifier, compileCheck(base, `${suffix}.${m.identifier}`, m.dataType)]));
+      return (v, i) => {
+        if (!isObject(v)) return fail(i, 'struct', v, `${show(v)} is not a struct (a JSON object)`);
+        const out: Record<string, unknown> = {};
+        for (const key in v) {
+          const check = members.get(key);
+          if (check === undefined) {
+            const at = label(i);
+            throw unknown(`${at}.${key}`, `${at}.${key}: not a member of struct ${at}`);
+          }
+          out[key] = check(v[key], i);
+        }
+        return out;
+      };
+    }
+    case 'array': {
+      const { size, item } = dataType.specs;
+      // Arrays are never nested (Alibaba), so items are labelled by index under this array's path.
+      const itemCheck = compileCheck(label(-1), '', item);
+      return (v, i) => {
+        if (!Array.isArray(v)) return fail(i, 'array', v, `${show(v)} is not an array`);
+        if (v.length > size) fail(i, 'size', v.length, `array of ${v.length} exceeds size ${size}`, size);
+        const out = new Array<unknown>(v.length);
+        for (let k = 0; k < v.length; k++) out[k] = itemCheck(v[k], k);
+        return out;
+      };
+    }
   }
 }

@@ -2,6 +2,7 @@
 //   /sys/{productKey}/{deviceName}/thing/event/property/post
 //   /sys/{productKey}/{deviceName}/thing/event/{eventId}/post
 //   /sys/{productKey}/{deviceName}/thing/model/up_raw
+//   /sys/{productKey}/{deviceName}/thing/event/property/pack/post   (and .../batch/post)
 // Replies go to the same topic + "_reply".
 
 import { WanwuError } from '../errors.js';
@@ -38,6 +39,8 @@ export function parseUplinkTopic(topic: string): ParsedTopic {
   let route: UplinkRoute | null = null;
   if (tail === 'thing/event/property/post') route = { type: 'property-post' };
   else if (tail === 'thing/model/up_raw') route = { type: 'up-raw' };
+  else if (tail === 'thing/event/property/pack/post') route = { type: 'pack-post' };
+  else if (tail === 'thing/event/property/batch/post') route = { type: 'batch-post' };
   else if (rest.length === 4 && rest[0] === 'thing' && rest[1] === 'event' && rest[3] === 'post' && IDENT.test(rest[2]!)) {
     route = { type: 'event-post', eventId: rest[2]! };
   }

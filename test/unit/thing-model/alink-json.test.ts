@@ -1,7 +1,11 @@
+import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { createProduct } from '../../../src/registry/index.js';
-import { decodeUplink, type DecodeResult } from '../../../src/thing-model/index.js';
+import { WanwuError } from '../../../src/errors.js';
+import { createProduct, loadRegistry } from '../../../src/registry/index.js';
+import { alinkMethod, decodeUplink, type DecodedItem, type DecodeResult, type EncodeInput } from '../../../src/thing-model/index.js';
 import type { UplinkRoute } from '../../../src/types.js';
+import { arbitraryItem } from '../../helpers/tsl-arbitrary.js';
 
 // No model: these tests are about the codec alone (validation has its own file).
 const product = createProduct({ dir: 'devices/JsonDev', product: { productKey: 'JsonDev', name: 'JSON 设备', rat: 'cat1', codec: { type: 'alink-json' } } });
@@ -157,5 +161,287 @@ describe('alink-json: malformed payloads', () => {
     expect(f.message).toBe(
       'product JsonDev uses the alink-json codec; thing/model/up_raw needs a binary codec (post Alink JSON to thing/event/property/post instead)',
     );
+  });
+});
+
+const packPost: UplinkRoute = { type: 'pack-post' };
+const batchPost: UplinkRoute = { type: 'batch-post' };
+
+describe('alink-json: batched posts (pack/post and batch/post)', () => {
+  it('makes property items grouped by time, then one event item per sample, replying with the pack method', () => {
+    const r = decode(packPost, {
+      id: '20',
+      version: '1.0',
+      sys: { ack: 0 },
+      params: {
+        properties: {
+          temperature: { value: 23.5, time: 1700000000000 },
+          humidity: [
+            { value: 40, time: 1700000000000 },
+            { value: 41, time: 1700000060000 },
+          ],
+          status: { value: 1 },
+        },
+        events: {
+          lowBattery: { value: { batteryLevel: 9 }, time: 1700000000500 },
+          overTemperature: [
+            { value: { temperature: 80 }, time: '1700000001000' },
+            { value: { temperature: 85 } },
+          ],
+        },
+      },
+      method: 'thing.event.property.pack.post',
+    });
+    expect(r).toEqual({
+      ok: true,
+      msgId: '20',
+      method: 'thing.event.property.pack.post',
+      items: [
+        { kind: 'property', ts: 1700000000000, data: { temperature: 23.5, humidity: 40 } },
+        { kind: 'property', ts: 1700000060000, data: { humidity: 41 } },
+        { kind: 'property', data: { status: 1 } },
+        { kind: 'event', event: 'lowBattery', ts: 1700000000500, data: { batteryLevel: 9 } },
+        { kind: 'event', event: 'overTemperature', ts: 1700000001000, data: { temperature: 80 } },
+        { kind: 'event', event: 'overTemperature', data: { temperature: 85 } },
+      ],
+    });
+  });
+
+  it('keeps two samples of one property at the same time as two items instead of overwriting', () => {
+    const r = decode(batchPost, {
+      id: '21',
+      params: { properties: { status: [{ value: 0, time: 1700000000000 }, { value: 1, time: 1700000000000 }], temperature: [{ value: 1, time: 1700000000000 }] } },
+      method: 'thing.event.property.batch.post',
+    });
+    expect(r.ok && r.items).toEqual([
+      { kind: 'property', ts: 1700000000000, data: { status: 0 } },
+      { kind: 'property', ts: 1700000000000, data: { status: 1, temperature: 1 } },
+    ]);
+    expect(r.ok && r.method).toBe('thing.event.property.batch.post');
+  });
+
+  it('accepts properties only, events only, and an empty subDevices list', () => {
+    expect(decode(packPost, { id: '22', params: { properties: { a: { value: 1, time: 5 } } } })).toMatchObject({ ok: true, items: [{ kind: 'property', ts: 5, data: { a: 1 } }] });
+    expect(decode(packPost, { id: '23', params: { events: { e: { value: {} } }, subDevices: [] } })).toMatchObject({ ok: true, items: [{ kind: 'event', event: 'e', data: {} }] });
+  });
+
+  it('refuses the property-post method on the pack topic', () => {
+    expect(failure(decode(packPost, { id: '24', method: 'thing.event.property.post', params: { properties: {} } }))).toEqual({
+      code: 'WANWU_ERR_METHOD',
+      message: 'method "thing.event.property.post" does not match the topic (expected "thing.event.property.pack.post")',
+      msgId: '24',
+      method: 'thing.event.property.post',
+    });
+  });
+
+  const cases: Array<[string, unknown, string]> = [
+    [
+      'sub-device data',
+      { subDevices: [{ identity: { productKey: 'a1Sub', deviceName: 's1' }, properties: { a: { value: 1, time: 1 } } }] },
+      'params.subDevices: sub-device data is not supported (Wanwu has no gateway sub-devices; each device posts its own data on its own connection)',
+    ],
+    ['subDevices that are not a list', { subDevices: {} }, 'params.subDevices: sub-device data is not supported (Wanwu has no gateway sub-devices; each device posts its own data on its own connection)'],
+    ['an unknown params key', { properties: { a: { value: 1 } }, extra: 1 }, 'params.extra: unknown key (a batched post carries properties, events and subDevices)'],
+    ['nothing to post', { properties: {}, events: {} }, 'params: no properties or events'],
+    ['properties that are an array', { properties: [{ a: 1 }] }, 'params.properties: expected an object, got [{"a":1}]'],
+    ['a plain property value', { properties: { a: 1 } }, 'params.properties.a: expected {"value", "time"} or an array of them, got 1'],
+    ['a sample with other keys', { properties: { a: [{ value: 1, time: 1, unit: 'm' }] } }, 'params.properties.a[0]: expected {"value", "time"}, got {"value":1,"time":1,"unit":"m"}'],
+    ['a bad sample time', { properties: { a: [{ value: 1, time: 1 }, { value: 2, time: 'noon' }] } }, 'params.properties.a[1].time: expected ms since the epoch, got "noon"'],
+    ['an event value that is not an object', { events: { e: [{ value: 5, time: 1 }] } }, 'params.events.e[0].value: expected an object of output data, got 5'],
+    ['events that are not an object', { events: 'e' }, 'params.events: expected an object, got "e"'],
+    ['a __proto__ property', JSON.parse('{"properties": {"__proto__": {"value": 1}}}'), 'params.properties.__proto__: reserved key'],
+    ['a __proto__ event output', JSON.parse('{"events": {"e": {"value": {"__proto__": 1}}}}'), 'params.events.e.value.__proto__: reserved key'],
+  ];
+  it.each(cases)('refuses %s (WANWU_ERR_MALFORMED)', (_name, params, message) => {
+    expect(failure(decode(packPost, { id: '30', params }))).toEqual({ code: 'WANWU_ERR_MALFORMED', message, msgId: '30', method: 'thing.event.property.pack.post' });
+  });
+});
+
+describe('alink-json: encode', () => {
+  const encode = (route: UplinkRoute, item: EncodeInput) => product.codec.encode!(route, item).toString('utf8');
+
+  it('writes a property post with plain values, or {value, time} when the item has a time', () => {
+    expect(encode(propertyPost, { kind: 'property', data: { temperature: 23.5, status: 1 }, msgId: '7' })).toBe(
+      '{"id":"7","version":"1.0","params":{"temperature":23.5,"status":1},"method":"thing.event.property.post"}',
+    );
+    expect(encode(propertyPost, { kind: 'property', ts: 1700000000000, data: { temperature: 23.5, pos: { lat: 1 } } })).toBe(
+      '{"id":"1","version":"1.0","params":{"temperature":{"value":23.5,"time":1700000000000},"pos":{"value":{"lat":1},"time":1700000000000}},"method":"thing.event.property.post"}',
+    );
+  });
+
+  it('wraps an untimed struct value that looks like {value, time}, so it reads back as itself', () => {
+    const item: EncodeInput = { kind: 'property', data: { reading: { value: 3 } } };
+    expect(encode(propertyPost, item)).toBe('{"id":"1","version":"1.0","params":{"reading":{"value":{"value":3}}},"method":"thing.event.property.post"}');
+    expect(decode(propertyPost, encode(propertyPost, item))).toMatchObject({ ok: true, items: [{ kind: 'property', data: { reading: { value: 3 } } }] });
+  });
+
+  it('writes an event post as {value, time}', () => {
+    expect(encode(lowBattery, { kind: 'event', event: 'lowBattery', ts: 1700000000000, data: { batteryLevel: 9 }, msgId: '8' })).toBe(
+      '{"id":"8","version":"1.0","params":{"value":{"batteryLevel":9},"time":1700000000000},"method":"thing.event.lowBattery.post"}',
+    );
+    expect(encode(lowBattery, { kind: 'event', event: 'lowBattery', data: {} })).toBe('{"id":"1","version":"1.0","params":{"value":{}},"method":"thing.event.lowBattery.post"}');
+  });
+
+  it('writes one sample per identifier on pack/post, and arrays of samples on batch/post', () => {
+    expect(encode(packPost, { kind: 'property', ts: 5, data: { a: 1, b: 'x' } })).toBe(
+      '{"id":"1","version":"1.0","params":{"properties":{"a":{"value":1,"time":5},"b":{"value":"x","time":5}}},"method":"thing.event.property.pack.post"}',
+    );
+    expect(encode(batchPost, { kind: 'event', event: 'e', data: { v: 1 } })).toBe(
+      '{"id":"1","version":"1.0","params":{"events":{"e":[{"value":{"v":1}}]}},"method":"thing.event.property.batch.post"}',
+    );
+  });
+
+  it('refuses items that do not fit the route (WANWU_ERR_INVALID) and up_raw (WANWU_ERR_TOPIC)', () => {
+    const refusal = (route: UplinkRoute, item: EncodeInput) => {
+      try {
+        product.codec.encode!(route, item);
+      } catch (err) {
+        expect(err).toBeInstanceOf(WanwuError);
+        return `${(err as WanwuError).code}: ${(err as WanwuError).message}`;
+      }
+      throw new Error('expected a refusal');
+    };
+    expect(refusal(propertyPost, { kind: 'event', event: 'lowBattery', data: {} })).toBe(
+      'WANWU_ERR_INVALID: an event item (lowBattery) cannot be posted on thing/event/property/post',
+    );
+    expect(refusal(lowBattery, { kind: 'event', event: 'geofenceExit', data: {} })).toBe('WANWU_ERR_INVALID: an event item (geofenceExit) cannot be posted on thing/event/lowBattery/post');
+    expect(refusal(lowBattery, { kind: 'property', data: { a: 1 } })).toBe('WANWU_ERR_INVALID: a property item cannot be posted on thing/event/lowBattery/post');
+    expect(refusal(propertyPost, { kind: 'property', data: {} })).toBe('WANWU_ERR_INVALID: a property item without data cannot be posted');
+    expect(refusal(packPost, { kind: 'event', data: {} })).toBe('WANWU_ERR_INVALID: an event item needs its event identifier');
+    expect(refusal(propertyPost, { kind: 'property', data: { big: 1n } })).toMatch(/^WANWU_ERR_INVALID: the item cannot be written as JSON \(/);
+    expect(refusal({ type: 'up-raw' }, { kind: 'property', data: { a: 1 } })).toBe(
+      'WANWU_ERR_TOPIC: product JsonDev uses the alink-json codec; thing/model/up_raw needs a binary codec (post Alink JSON to thing/event/property/post instead)',
+    );
+  });
+});
+
+describe('alink-json: encode -> decode -> validate returns the item (sample products, random model-valid data)', () => {
+  const registry = loadRegistry(fileURLToPath(new URL('../../../devices', import.meta.url)));
+  for (const pk of ['TrackerCat1', 'SensorRedCap']) {
+    const sample = registry.product(pk)!;
+    const model = sample.model!;
+    const routesFor = (item: DecodedItem): UplinkRoute[] =>
+      item.kind === 'property' ? [propertyPost, packPost, batchPost] : [{ type: 'event-post', eventId: item.event! }, packPost, batchPost];
+
+    it(`${pk}: every route a sample item can take`, () => {
+      fc.assert(
+        fc.property(arbitraryItem(model, { partialStructs: true }), fc.option(fc.string({ minLength: 1, maxLength: 12 }), { nil: undefined }), (item, msgId) => {
+          for (const route of routesFor(item)) {
+            const payload = sample.codec.encode!(route, msgId === undefined ? item : { ...item, msgId });
+            const r = decodeUplink(sample, route, payload);
+            expect(r).toEqual({ ok: true, msgId: msgId ?? '1', method: alinkMethod(route), items: [item] });
+          }
+        }),
+        { seed: 42, numRuns: 100 },
+      );
+    });
+  }
+});
+
+describe('alink-json: the decoder only ever throws WanwuError', () => {
+  const registry = loadRegistry(fileURLToPath(new URL('../../../devices', import.meta.url)));
+  const tracker = registry.product('TrackerCat1')!;
+  const routes: UplinkRoute[] = [propertyPost, lowBattery, packPost, batchPost, { type: 'event-post', eventId: '__proto__' }];
+  const route = fc.constantFrom(...routes);
+
+  function onlyWanwuErrors(r: UplinkRoute, payload: Buffer): void {
+    try {
+      product.codec.decode(r, payload, {});
+    } catch (err) {
+      if (!(err instanceof WanwuError)) throw err;
+    }
+    // With a model, validation runs too; decodeUplink turns anything else into WANWU_ERR_INTERNAL.
+    const result = decodeUplink(tracker, r, payload);
+    if (!result.ok) expect(result.error.code).not.toBe('WANWU_ERR_INTERNAL');
+  }
+
+  it('random bytes', () => {
+    fc.assert(
+      fc.property(route, fc.uint8Array({ maxLength: 200 }), (r, bytes) => onlyWanwuErrors(r, Buffer.from(bytes))),
+      { seed: 1, numRuns: 300 },
+    );
+  });
+
+  it('random JSON values', () => {
+    fc.assert(
+      fc.property(route, fc.jsonValue(), (r, v) => onlyWanwuErrors(r, Buffer.from(JSON.stringify(v) ?? 'null'))),
+      { seed: 2, numRuns: 300 },
+    );
+  });
+
+  it('Alink-shaped messages with random params', () => {
+    const sample = fc.oneof(fc.jsonValue(), fc.record({ value: fc.jsonValue(), time: fc.oneof(fc.jsonValue(), fc.nat()) }, { requiredKeys: ['value'] }));
+    const ids = fc.constantFrom('longitude', 'GeoLocation', 'wifiList', 'charging', 'lowBattery', '__proto__', 'value', 'time');
+    const params = fc.oneof(
+      fc.jsonValue(),
+      fc.dictionary(ids, sample),
+      fc.record({ properties: fc.oneof(fc.jsonValue(), fc.dictionary(ids, fc.oneof(sample, fc.array(sample)))), events: fc.oneof(fc.jsonValue(), fc.dictionary(ids, fc.oneof(sample, fc.array(sample)))) }, { requiredKeys: [] }),
+      fc.record({ value: fc.oneof(fc.jsonValue(), fc.dictionary(ids, fc.jsonValue())), time: fc.jsonValue() }, { requiredKeys: [] }),
+    );
+    const message = fc.record({ id: fc.oneof(fc.string(), fc.integer(), fc.jsonValue()), version: fc.constant('1.0'), method: fc.option(fc.string()), params }, { requiredKeys: ['params'] });
+    fc.assert(
+      fc.property(route, message, (r, m) => onlyWanwuErrors(r, Buffer.from(JSON.stringify(m)))),
+      { seed: 3, numRuns: 300 },
+    );
+  });
+});
+
+describe('alink-json: the struct, array and pack payloads documented in devices/README.md', () => {
+  const registry = loadRegistry(fileURLToPath(new URL('../../../devices', import.meta.url)));
+  const post = (pk: string, route: UplinkRoute, message: unknown) => decodeUplink(registry.product(pk)!, route, Buffer.from(JSON.stringify(message)));
+
+  it('TrackerCat1: GeoLocation and wifiList', () => {
+    const geo = { Longitude: 116.397128, Latitude: 39.916527, Altitude: 43.5, CoordinateSystem: 2 };
+    const wifi = [
+      { mac: '50:2b:73:c1:08:9e', rssi: -58 },
+      { mac: 'c8:3a:35:0d:11:72', rssi: -71 },
+    ];
+    const message = { id: '1003', version: '1.0', method: 'thing.event.property.post', params: { GeoLocation: { value: geo, time: 1700000000000 }, wifiList: wifi } };
+    expect(post('TrackerCat1', propertyPost, message)).toEqual({
+      ok: true,
+      msgId: '1003',
+      method: 'thing.event.property.post',
+      items: [
+        { kind: 'property', ts: 1700000000000, data: { GeoLocation: geo } },
+        { kind: 'property', data: { wifiList: wifi } },
+      ],
+    });
+    const bad = post('TrackerCat1', propertyPost, { id: '1004', params: { GeoLocation: { ...geo, CoordinateSystem: 3 } } });
+    expect(!bad.ok && [bad.error.code, bad.error.alinkCode, bad.error.message]).toEqual([
+      'WANWU_ERR_INVALID',
+      460,
+      'GeoLocation.CoordinateSystem: 3 not one of enum 1,2',
+    ]);
+  });
+
+  it('SensorRedCap: vibrationSpectrum and an event in one pack post', () => {
+    const spectrum = [0.12, 0.35, 1.8, 0.9, 0.41, 0.2, 0.08, 0.05];
+    const message = {
+      id: '2002',
+      version: '1.0',
+      method: 'thing.event.property.pack.post',
+      params: {
+        properties: {
+          vibrationSpectrum: { value: spectrum, time: 1700000000000 },
+          temperature: [
+            { value: 81.5, time: 1700000000000 },
+            { value: 82.1, time: 1700000060000 },
+          ],
+        },
+        events: { overTemperature: { value: { temperature: 82.1, threshold: 80 }, time: 1700000060000 } },
+      },
+    };
+    expect(post('SensorRedCap', packPost, message)).toEqual({
+      ok: true,
+      msgId: '2002',
+      method: 'thing.event.property.pack.post',
+      items: [
+        { kind: 'property', ts: 1700000000000, data: { vibrationSpectrum: spectrum, temperature: 81.5 } },
+        { kind: 'property', ts: 1700000060000, data: { temperature: 82.1 } },
+        { kind: 'event', event: 'overTemperature', ts: 1700000060000, data: { temperature: 82.1, threshold: 80 } },
+      ],
+    });
+    const tooLong = post('SensorRedCap', propertyPost, { id: '2003', params: { vibrationSpectrum: [...spectrum, 1, 2, 3, 4] } });
+    expect(!tooLong.ok && tooLong.error.message).toBe('vibrationSpectrum: array of 12 exceeds size 8');
   });
 });

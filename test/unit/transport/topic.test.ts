@@ -13,8 +13,14 @@ describe('Alink uplink topics', () => {
   it('up_raw', () => {
     expect(parseUplinkTopic('/sys/WaterMeterNB/wm-0001/thing/model/up_raw').route).toEqual({ type: 'up-raw' });
   });
+  it('batched posts: pack/post and batch/post', () => {
+    expect(parseUplinkTopic('/sys/SensorRedCap/rs-0001/thing/event/property/pack/post').route).toEqual({ type: 'pack-post' });
+    expect(parseUplinkTopic('/sys/SensorRedCap/rs-0001/thing/event/property/batch/post').route).toEqual({ type: 'batch-post' });
+  });
   it.each([
     '/sys/pk/dn/thing/event/property/post/extra',
+    '/sys/pk/dn/thing/event/property/pack/post/extra',
+    '/sys/pk/dn/thing/event/property/history/post',
     '/sys/pk/dn/thing/model/down_raw',
     '/sys/pk/dn/thing/event//post',
     '/sys/pk/dn',
