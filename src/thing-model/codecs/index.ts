@@ -28,7 +28,7 @@ export const CODECS: Readonly<Record<string, CodecFactory>> = {
     ctx.reader.onlyKeys(options, ctx.path, ['type']);
     return createAlinkJsonCodec({ productKey: ctx.productKey });
   },
-  binary: (options, ctx) => binaryCodecFromJson(options, { model: ctx.model, reader: ctx.reader, path: ctx.path }),
+  binary: (options, ctx) => binaryCodecFromJson(options, { model: ctx.model, reader: ctx.reader, path: ctx.path, productKey: ctx.productKey }),
   protobuf: protobufCodecFromJson,
   script: scriptCodecFromJson,
   cbor: cborCodecFromJson,
@@ -43,12 +43,21 @@ export function buildCodec(json: unknown, ctx: CodecContext): Codec {
 export { alinkMethod, createAlinkJsonCodec, decodeAlinkJson, PROPERTY_POST_METHOD } from './alink-json.js';
 export {
   compileBinaryLayout,
+  crc16Modbus,
   createBinaryCodec,
   decodeBinary,
+  decodeBinaryItem,
   encodeBinary,
+  encodeBinaryItem,
+  FIELD_KINDS,
   FIELD_TYPES,
+  sum8,
+  xor8,
   type BinaryLayout,
+  type BinaryMessage,
   type CompiledField,
+  type EncodeSelect,
+  type FieldKind,
   type FieldTypeName,
   type LayoutContext,
 } from './binary.js';

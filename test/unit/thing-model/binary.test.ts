@@ -139,6 +139,21 @@ describe('binary layout: water meter', () => {
   it('encodes values back into the sample frame', () => {
     expect(encodeBinary(waterMeterLayout(), SAMPLE_DATA).equals(SAMPLE)).toBe(true);
   });
+
+  it('encodes through the product codec: up_raw gives the frame, the property post gives Alink JSON', () => {
+    const encode = waterMeter.codec.encode!;
+    expect(encode(upRaw, { kind: 'property', data: SAMPLE_DATA }).equals(SAMPLE)).toBe(true);
+    const json = encode({ type: 'property-post' }, { kind: 'property', data: { rsrp: -100 }, msgId: '7' });
+    expect(decodeUplink(waterMeter, { type: 'property-post' }, json)).toMatchObject({ ok: true, msgId: '7', items: [{ kind: 'property', data: { rsrp: -100 } }] });
+  });
+
+  it('refuses to encode an event or an unknown identifier into the report layout', () => {
+    const encode = waterMeter.codec.encode!;
+    const event = errorOf(() => encode(upRaw, { kind: 'event', event: 'leak', data: {} }));
+    expect([event.code, event.message]).toEqual(['WANWU_ERR_INVALID', 'the layout has no message for event leak']);
+    const unknown = errorOf(() => encode(upRaw, { kind: 'property', data: { ...SAMPLE_DATA, pressure: 1 } }));
+    expect(unknown.message).toBe('pressure: not a field of the layout (cumulativeFlow, instantFlow, batteryVoltage, valveState, temperature, rsrp)');
+  });
 });
 
 describe('binary layout: field types', () => {
@@ -262,14 +277,14 @@ describe('binary layout: definition errors', () => {
   );
   const cases: Array<[string, unknown, string]> = [
     ['no fields', { type: 'binary', fields: [] }, 'binary layout: codec.fields: a layout needs at least one field'],
-    ['unknown type', { type: 'binary', fields: [{ id: 'level', type: 'u24' }] }, 'binary layout: codec.fields[0].type: expected one of "u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", got "u24"'],
+    ['unknown type', { type: 'binary', fields: [{ id: 'level', type: 'u24' }] }, 'binary layout: codec.fields[0].type: expected one of "u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "bits", "bcd", "string", "bytes", "group", "crc16-modbus", "sum8", "xor8", got "u24"'],
     ['bad endian', { type: 'binary', fields: [{ id: 'level', type: 'u16', endian: 'middle' }] }, 'binary layout: codec.fields[0].endian: expected one of "big", "little", got "middle"'],
     ['zero scale', { type: 'binary', fields: [{ id: 'level', type: 'u16', scale: 0 }] }, 'binary layout: codec.fields[0].scale: must not be 0'],
     ['const out of range', { type: 'binary', fields: [{ type: 'u8', const: 256 }] }, 'binary layout: codec.fields[0].const: 256 is above 255'],
-    ['typo key', { type: 'binary', fields: [{ id: 'level', type: 'u16', scael: 0.1 }] }, 'binary layout: codec.fields[0].scael: unknown key (allowed: id, name, type, endian, scale, offset, const)'],
+    ['typo key', { type: 'binary', fields: [{ id: 'level', type: 'u16', scael: 0.1 }] }, 'binary layout: codec.fields[0].scael: unknown key (allowed: id, name, type, endian, scale, offset, const, at, ts)'],
     ['id not in model', { type: 'binary', fields: [{ id: 'lvl', type: 'u16' }] }, 'binary layout: codec.fields[0].id: "lvl" is not a property in model.json'],
     ['duplicate id', { type: 'binary', fields: [{ id: 'level', type: 'u16' }, { id: 'level', type: 'u8' }] }, 'binary layout: codec.fields[1].id: duplicate id "level" (also fields[0])'],
-    ['text target', { type: 'binary', fields: [{ id: 'label', type: 'u8' }] }, 'binary layout: codec.fields[0].id: label is a text in model.json; a binary field carries a number'],
+    ['text target', { type: 'binary', fields: [{ id: 'label', type: 'u8' }] }, 'binary layout: codec.fields[0].id: label is a text in model.json; a u8 field carries a number'],
     ['fractional enum', { type: 'binary', fields: [{ id: 'state', type: 'u8', scale: 0.1 }] }, 'binary layout: codec.fields[0].scale: 0.1 would make state fractional; it is an enum in model.json'],
     ['unknown event', { type: 'binary', kind: 'event', event: 'alrm', fields: [{ id: 'code', type: 'u8' }] }, 'binary layout: codec.event: "alrm" is not an event in model.json'],
     ['event output', { type: 'binary', kind: 'event', event: 'alarm', fields: [{ id: 'level', type: 'u8' }] }, 'binary layout: codec.fields[0].id: "level" is not an output of event alarm in model.json'],
