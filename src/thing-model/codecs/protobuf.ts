@@ -1,5 +1,5 @@
 // The `protobuf` codec: RedCap and Cat-1 devices that send protobuf instead of Alink JSON
-// (devices/README.md "protobuf" documents every option). product.json:
+// (devices/README.md "The protobuf codec" documents every option). product.json:
 //   "codec": {"type": "protobuf", "proto": "vehicle.proto", "message": "wanwu.vehicle.Telemetry"}
 // or, with several messages on up_raw told apart by a leading type byte, some of them events:
 //   "typeByte": {"offset": 0, "messages": {"1": "wanwu.vehicle.Telemetry", "2": "wanwu.vehicle.HarshBraking"}},
@@ -379,7 +379,7 @@ function checkOverridePaths(ctx: CompileContext, type: protobuf.Type): void {
         t = f.resolvedType;
       }
     });
-    if (target !== null && !IDENTIFIER.test(target)) ctx.r.fail(at, `${show(target)} is not an identifier (letters, digits, _)`);
+    if (target !== null && !IDENTIFIER.test(target)) ctx.r.fail(at, `${show(target)} is not a TSL identifier (letters, digits, _; block:id for a module)`);
   }
 }
 

@@ -393,6 +393,7 @@ message Report {
   optional int64 big = 8;
   optional bytes raw = 9;
   google.protobuf.Timestamp at = 10;
+  repeated Pos trail = 11;
 }
 message Alarm { int32 code = 1; Pos pos = 2; }
 `;
@@ -410,6 +411,7 @@ const REPORT_MODEL = {
     prop('big', { type: 'int', specs: {} }),
     prop('raw', { type: 'text', specs: {} }),
     prop('at', { type: 'date', specs: {} }),
+    prop('trail', { type: 'array', specs: { size: 4, item: { type: 'struct', specs: [{ identifier: 'lat', name: 'lat', dataType: { type: 'double', specs: {} } }, { identifier: 'lon', name: 'lon', dataType: { type: 'double', specs: {} } }] } } }),
     prop('latitude', { type: 'double', specs: {} }),
   ],
   events: [{ identifier: 'alarm', name: 'alarm', type: 'alert', outputData: [{ identifier: 'code', name: 'code', dataType: { type: 'int', specs: {} } }, { identifier: 'lat', name: 'lat', dataType: { type: 'double', specs: {} } }] }],
@@ -444,11 +446,14 @@ function loadError(fixture: Fixture): string {
 describe('protobuf: product definitions are checked at load', () => {
   const report = { proto: 'report.proto', message: 't.Report' };
 
-  it('maps every field by name, with a timestamp as a date', () => {
+  it('maps every field by name: struct, array of ints and of structs, map, enum, int64, bytes, timestamp', () => {
     const { product } = build({ codec: report });
     const item: DecodedItem = {
       kind: 'property',
-      data: { level: 5, label: 'ok', pos: { lat: 1.5, lon: -2 }, samples: [-1, 2], extra: { a: 0.5 }, mode: 1, seq: 3, big: -7, raw: '00ff', at: 1700000000123 },
+      data: {
+        level: 5, label: 'ok', pos: { lat: 1.5, lon: -2 }, samples: [-1, 2], extra: { a: 0.5 }, mode: 1, seq: 3, big: -7, raw: '00ff', at: 1700000000123,
+        trail: [{ lat: 1, lon: 2 }, { lat: 3, lon: 0 }],
+      },
     };
     const bytes = product.codec.encode!(upRaw, item);
     expect(decodeUplink(product, upRaw, bytes)).toEqual({ ok: true, items: [item] });
