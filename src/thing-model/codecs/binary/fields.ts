@@ -325,7 +325,7 @@ function numberField(env: Env, f: JsonObject, p: string, i: number, type: FieldT
   const isSwitch = env.switchName !== undefined && name === env.switchName;
   if (isSwitch) {
     switchCheck(env, f, p, ['id', 'const', 'scale', 'offset', 'ts']);
-    if (!ft.integer) r.fail(keyPath(p, 'type'), `the switch field ${name} must be an integer type, not ${type}`);
+    if (!ft.integer || ft.size > 4) r.fail(keyPath(p, 'type'), `the switch field ${name} must be an integer of 8 to 32 bits, not ${type}`);
     env.switchInfo = { label: name, type, min: ft.min, max: ft.max, bytes: ft.size };
   }
   let constant: number | undefined;
