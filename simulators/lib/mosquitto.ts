@@ -44,7 +44,11 @@ export class Mosquitto {
 
   private readonly binary: string;
 
-  constructor(private readonly dir: string) {
+  /**
+   * With `persistence`, mosquitto keeps sessions and queued QoS 1 messages in a file in `dir` across
+   * a graceful restart (stop('SIGTERM') then start()).
+   */
+  constructor(private readonly dir: string, private readonly opts: { persistence?: boolean } = {}) {
     const bin = which('mosquitto');
     if (!bin) throw new Error('mosquitto is not installed (apt-get install -y mosquitto)');
     this.binary = bin;
@@ -53,7 +57,10 @@ export class Mosquitto {
   async start(port?: number): Promise<void> {
     this.port = port ?? (await freePort());
     const conf = join(this.dir, `mosquitto-${this.port}.conf`);
-    writeFileSync(conf, [`listener ${this.port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stderr', ''].join('\n'));
+    const persistence = this.opts.persistence
+      ? ['persistence true', `persistence_location ${this.dir}/`, `persistence_file mosquitto-${this.port}.db`]
+      : ['persistence false'];
+    writeFileSync(conf, [`listener ${this.port} 127.0.0.1`, 'allow_anonymous true', ...persistence, 'log_dest stderr', ''].join('\n'));
     const proc = spawn(this.binary, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
     proc.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
     proc.stdout!.on('data', (d: Buffer) => (this.log += d.toString()));
@@ -69,12 +76,13 @@ export class Mosquitto {
     return `mqtt://127.0.0.1:${this.port}`;
   }
 
-  async stop(): Promise<void> {
+  /** SIGKILL by default; SIGTERM lets mosquitto save its persistence file first. */
+  async stop(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const p = this.proc;
     this.proc = null;
     if (!p || p.exitCode !== null) return;
     const exited = new Promise<void>((r) => p.once('exit', () => r()));
-    p.kill('SIGKILL');
+    p.kill(signal);
     await exited;
   }
 }
