@@ -529,6 +529,7 @@ export class ScriptSandbox {
     }
     this.generation++;
     this.live = { worker, header, data: Buffer.from(sab, HEADER_BYTES, SANDBOX_MAX_BYTES + 16), generation: this.generation, seq: 0 };
+    orphans.register(this, worker, worker);
     return this.live;
   }
 
@@ -538,9 +539,13 @@ export class ScriptSandbox {
     if (!live) return;
     this.live = null;
     this.generation++;
+    orphans.unregister(live.worker);
     void live.worker.terminate().catch(() => {});
   }
 }
+
+/** A sandbox nobody can call any more (its codecs are gone) stops its worker. */
+const orphans = new FinalizationRegistry<Worker>((worker) => void worker.terminate().catch(() => {}));
 
 let shared: ScriptSandbox | undefined;
 
