@@ -151,7 +151,10 @@ export async function runKill9Soak(opts: Kill9Options): Promise<Kill9Result> {
   try {
     for (let cycle = 1; cycle <= opts.cycles; cycle++) {
       const gw = startGatewayProcess(['start', '--config', config]);
-      const ports = await gw.ready;
+      const ports = await gw.ready.catch(async (err: unknown) => {
+        await gw.kill9();
+        throw err;
+      });
       const devices = startDevices(ports, opts.devicesDir, `k${cycle}-`, acked);
       await new Promise((r) => setTimeout(r, minRun + Math.floor(random() * (maxRun - minRun))));
       await gw.kill9();
@@ -160,16 +163,20 @@ export async function runKill9Soak(opts: Kill9Options): Promise<Kill9Result> {
     }
     // A last, clean run drains the backlog.
     const gw = startGatewayProcess(['start', '--config', config]);
-    const ports = await gw.ready;
-    const until = Date.now() + 60_000;
-    for (;;) {
-      const s = await status(ports.http);
-      const arrived = [...acked].every((id) => seen.has(id));
-      if ((s.buffer.pending === 0 && arrived) || Date.now() > until) break;
-      await new Promise((r) => setTimeout(r, 100));
+    try {
+      const ports = await gw.ready;
+      const until = Date.now() + 60_000;
+      for (;;) {
+        const s = await status(ports.http);
+        const arrived = [...acked].every((id) => seen.has(id));
+        if ((s.buffer.pending === 0 && arrived) || Date.now() > until) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      gw.proc.kill('SIGTERM');
+      await gw.exit;
+    } finally {
+      await gw.kill9();
     }
-    gw.proc.kill('SIGTERM');
-    await gw.exit;
   } finally {
     app.end(true);
   }

@@ -113,6 +113,9 @@ export function tlsOptions(upstream: UpstreamConfig): Pick<IClientOptions, 'ca' 
   return out;
 }
 
+/** Records fetched from the buffer per query. */
+const READ_AHEAD = 2048;
+
 /** One record in the window: its seq and whether the message carrying it was acknowledged. */
 interface InFlight {
   seq: number;
@@ -140,6 +143,10 @@ class MqttForwarder implements Forwarder {
   private batchDue = false;
   private unsubscribe: (() => void) | null = null;
   private pumping = false;
+  private pumpScheduled = false;
+  /** Records read ahead from the buffer and not yet sent (one query serves many sends). */
+  private ahead: StoredRecord[] = [];
+  private aheadPos = 0;
   private readonly topicOf: ReturnType<typeof compileTopic>;
   private readonly random: () => number;
   private readonly tls: ReturnType<typeof tlsOptions>;
@@ -153,7 +160,7 @@ class MqttForwarder implements Forwarder {
   async start(): Promise<void> {
     if (this.running) return;
     this.running = true;
-    this.unsubscribe = this.opts.buffer.onAppend(() => this.pump());
+    this.unsubscribe = this.opts.buffer.onAppend(() => this.schedulePump());
     this.connect();
   }
 
@@ -255,7 +262,34 @@ class MqttForwarder implements Forwarder {
     this.window = [];
     this.messagesInFlight = 0;
     this.sentSeq = this.opts.buffer.cursor(this.opts.upstream.name);
+    this.ahead = [];
+    this.aheadPos = 0;
     this.clearBatchTimer();
+  }
+
+  /**
+   * Up to `limit` records after sentSeq, from the read-ahead (refilled from the buffer when used up).
+   * Records at or below the cursor are skipped: already sent, or dropped/expired by the buffer.
+   */
+  private next(limit: number): StoredRecord[] {
+    const floor = Math.max(this.sentSeq, this.opts.buffer.cursor(this.opts.upstream.name));
+    while (this.aheadPos < this.ahead.length && this.ahead[this.aheadPos]!.seq <= floor) this.aheadPos++;
+    if (this.aheadPos >= this.ahead.length) {
+      const last = this.ahead.length > 0 ? this.ahead[this.ahead.length - 1]!.seq : 0;
+      this.ahead = this.opts.buffer.readAfter(Math.max(last, floor), READ_AHEAD);
+      this.aheadPos = 0;
+    }
+    return this.ahead.slice(this.aheadPos, this.aheadPos + limit);
+  }
+
+  /** Acks and commits arriving in one I/O turn lead to one pump, so sends leave in one write. */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
   }
 
   private clearBatchTimer(): void {
@@ -273,10 +307,11 @@ class MqttForwarder implements Forwarder {
       const perMessage = u.format === 'json-batch' ? u.batchMaxRecords : 1;
       while (this.running && this.connected && this.client && this.messagesInFlight < u.window) {
         const room = u.window - this.messagesInFlight;
-        const rows = this.opts.buffer.readAfter(this.sentSeq, Math.min(room * perMessage, 10_000));
+        const rows = this.next(Math.min(room * perMessage, READ_AHEAD));
         if (rows.length === 0) break;
         if (perMessage === 1) {
           for (const row of rows) this.send(this.client, this.topicOf(row), [row]);
+          this.aheadPos += rows.length;
           continue;
         }
         if (!this.sendBatches(this.client, rows, room, perMessage)) break;
@@ -378,7 +413,7 @@ class MqttForwarder implements Forwarder {
       this.window.splice(0, drop);
       this.opts.buffer.setCursor(this.opts.upstream.name, cursor);
     }
-    this.pump();
+    this.schedulePump();
   }
 
   private noteError(err: Error): void {
