@@ -189,8 +189,15 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
 
   it('full buffer, drop-oldest: everything is accepted, the oldest are dropped and counted per upstream', { timeout: 60_000 }, async () => {
     const dir = work();
-    const upstreamPort = await freePort();
-    const upstreamUrl = `mqtt://127.0.0.1:${upstreamPort}`;
+    // The application's session exists before the outage (persistent broker, clean: false), so what
+    // the gateway forwards the moment the broker is back is queued for it.
+    const broker = new Mosquitto(dir, { persistence: true });
+    await broker.start();
+    cleanups.push(() => broker.stop());
+    const app = await subscriber(broker.url, 'faults-app-drop');
+    cleanups.push(() => app.client.end(true));
+    await broker.stop('SIGTERM');
+    const upstreamUrl = broker.url;
     const { ports } = await gateway(dir, config(dir, join(dir, 'w.db'), [{ name: 'up', url: upstreamUrl, reconnectMinMs: 50, reconnectMaxMs: 200 }], { maxRecords: 50, whenFull: 'drop-oldest' }));
     const device = await connectDevice(ports.mqtt, DEMO.sensor.productKey, DEMO.sensor.deviceName);
     cleanups.push(() => device.end(true));
@@ -199,12 +206,10 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
     expect(s.buffer).toMatchObject({ state: 'full', whenFull: 'drop-oldest', records: 50, refused: 0, dropped: 30 });
     expect(s.upstreams[0]).toMatchObject({ dropped: 30, pending: 50 });
     expect(s.ingest.accepted.mqtt).toBe(80);
-    const broker = new Mosquitto(dir);
-    await broker.start(upstreamPort);
-    cleanups.push(() => broker.stop());
-    const app = await subscriber(upstreamUrl, 'faults-app-drop');
-    cleanups.push(() => app.client.end(true));
-    await waitUntil(() => app.seen.size === 50, 10_000, 'the newest 50 upstream');
+    await broker.start(broker.port);
+    await waitUntil(() => app.seen.size === 50, 15_000, 'the newest 50 upstream').catch(async (err: Error) => {
+      throw new Error(`${err.message}: app has ${app.seen.size}, gateway says ${JSON.stringify((await status(ports.http)).upstreams[0])}; broker log: ${broker.log.slice(-800)}`);
+    });
     expect([...app.seen.keys()].sort()).toEqual(Array.from({ length: 50 }, (_, i) => `d${i + 30}`).sort());
   });
 
