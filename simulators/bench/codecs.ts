@@ -3,7 +3,10 @@
 // (`-- --seconds 2` for a longer measurement, `-- --json` for machine-readable output).
 // The simulator's `wanwu-sim bench` will gather this with the end-to-end benchmarks.
 
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import protobuf from 'protobufjs';
 import { loadRegistry, type Product } from '../../src/registry/index.js';
 import { decodeUplink } from '../../src/thing-model/index.js';
 import type { UplinkRoute } from '../../src/types.js';
@@ -111,13 +114,61 @@ export function sampleCases(): CodecCase[] {
       bare: { name: 'JSON.parse', run: (b) => JSON.parse(b.toString('utf8')) },
       target: { ratio: 0.5 },
     },
+    {
+      codec: 'protobuf',
+      product: 'VehicleRedCap',
+      route: { type: 'up-raw' },
+      // devices/README.md, VehicleRedCap telemetry (type byte 1, then wanwu.vehicle.Telemetry).
+      payload: Buffer.from(VEHICLE_HEX, 'hex'),
+      bare: {
+        name: 'protobufjs decode + toObject',
+        run: (b) => {
+          const T = vehicleTelemetry();
+          return T.toObject(T.decode(b.subarray(1)), { enums: Number, longs: Number, bytes: String });
+        },
+      },
+      target: { ratio: 0.5 },
+    },
+    {
+      codec: 'script',
+      product: 'SoilNB',
+      route: { type: 'up-raw' },
+      // devices/README.md, SoilNB report.
+      payload: Buffer.from('0101a9089805140e42ff9c00', 'hex'),
+      // The same codec.js called directly in the host: what the sandbox costs on top.
+      bare: { name: 'decodeUplink called unsandboxed', run: (b) => soilDecodeUplink()({ bytes: Array.from(b), fPort: 1, recvTime: new Date(), variables: {} }) },
+      target: { rate: 100_000 },
+    },
   ];
+}
+
+const VEHICLE_HEX =
+  '010d00009142121c09a379008bfc3a3f401148c5ff1d515e5e401d00004841250000af421a1000006643000068430000644300006743200328013d0000994242130a0c636f6f6c616e745f74656d70150000b14248cec2f10550bd01';
+
+let telemetryType: protobuf.Type | null = null;
+function vehicleTelemetry(): protobuf.Type {
+  telemetryType ??= new protobuf.Root().loadSync(join(devicesDir, 'VehicleRedCap', 'vehicle.proto'), { keepCase: true }).lookupType('wanwu.vehicle.Telemetry');
+  return telemetryType;
+}
+
+type DecodeUplinkFn = (input: { bytes: number[]; fPort: number; recvTime: Date; variables: object }) => unknown;
+let soilDecode: DecodeUplinkFn | null = null;
+function soilDecodeUplink(): DecodeUplinkFn {
+  soilDecode ??= new Function(`${readFileSync(join(devicesDir, 'SoilNB', 'codec.js'), 'utf8')}\nreturn decodeUplink;`)() as DecodeUplinkFn;
+  return soilDecode;
+}
+
+let devicesDir = './devices';
+/** Where sampleCases() finds the sample products' assets (.proto, codec.js). */
+export function setDevicesDir(dir: string): void {
+  devicesDir = dir;
 }
 
 async function main(argv: string[]): Promise<void> {
   const seconds = Number(argv[argv.indexOf('--seconds') + 1]) || 1;
   const json = argv.includes('--json');
   const devices = argv.includes('--devices') ? argv[argv.indexOf('--devices') + 1]! : './devices';
+  setDevicesDir(devices);
   const registry = loadRegistry(devices);
   const results = runCodecBench(sampleCases(), (pk) => {
     const p = registry.product(pk);

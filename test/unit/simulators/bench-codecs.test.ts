@@ -1,10 +1,11 @@
 // The benchmark harness itself (not the speed: figures come from `npm run bench:codecs`).
 import { describe, expect, it } from 'vitest';
 import { loadRegistry } from '../../../src/registry/index.js';
-import { formatCodecTable, measure, runCodecBench, sampleCases } from '../../../simulators/bench/codecs.js';
+import { formatCodecTable, measure, runCodecBench, sampleCases, setDevicesDir } from '../../../simulators/bench/codecs.js';
 import { DEVICES_DIR } from '../../helpers/gateway.js';
 
 describe('codec bench harness', () => {
+  setDevicesDir(DEVICES_DIR);
   it('measures every sample case against its baseline and judges the target', () => {
     const registry = loadRegistry(DEVICES_DIR);
     const results = runCodecBench(sampleCases(), (pk) => registry.product(pk)!, 20);
