@@ -6,6 +6,7 @@ import { loadConfig } from './config/index.js';
 import { isWanwuError, WanwuError } from './errors.js';
 import { decodeCommand, encodeCommand, type CommandResult, type DecodeOptions, type EncodeOptions } from './commands/codec-tools.js';
 import { listDeadLetters, replayDeadLetters } from './commands/deadletters.js';
+import { modelsCheck } from './commands/models.js';
 import { createGateway } from './gateway.js';
 import { loadRegistry } from './registry/index.js';
 import { SIGN_METHODS, signMqttLogin, type SignMethod } from './registry/sign.js';
@@ -54,6 +55,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--device <deviceName>', 'device name for the record (default: the product\'s first device)')
     .option('--topic <topic>', 'uplink topic, full (/sys/...) or from thing/ on (default: up_raw, or the property post for alink-json)')
     .option('--transport <coap|mqtt>', 'transport for the record (default: coap for nb-iot products, else mqtt)')
+    .option('--fport <n>', 'script codecs: input.fPort for decodeUplink (default: the product\'s, else 1)')
     .option('--hex <hex>', 'payload as hex')
     .option('--base64 <b64>', 'payload as base64')
     .option('--file <path>', 'payload file')
@@ -72,6 +74,15 @@ export async function main(argv: string[]): Promise<number> {
     .option('--id <msgId>', 'Alink message id')
     .option('--format <hex|base64>', 'output format', 'hex')
     .action((opts: EncodeOptions) => print(encodeCommand(opts)));
+
+  program
+    .command('models')
+    .description('product definitions')
+    .command('check')
+    .argument('[dir]', 'products folder', './devices')
+    .description('load and validate every product; report products, devices, warnings and errors (exit 1 on errors)')
+    .option('--json', 'print the report as JSON')
+    .action((dir: string, opts: { json?: boolean }) => print(modelsCheck(dir, opts)));
 
   const deadletters = program.command('deadletters').description('refused payloads kept in the buffer');
   deadletters

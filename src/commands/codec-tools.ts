@@ -2,10 +2,11 @@
 // or debugging a product definition. Decode prints the normalized record(s) a gateway would forward;
 // encode prints the bytes a device would send.
 
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { asWanwuError, WanwuError } from '../errors.js';
 import { toRecords } from '../pipeline.js';
-import { loadRegistry, type Product } from '../registry/index.js';
+import { createProduct, loadRegistry, type Product } from '../registry/index.js';
 import { decodeUplink } from '../thing-model/index.js';
 import { parseUplinkTopic } from '../transport/topic.js';
 import type { Transport, UplinkRoute } from '../types.js';
@@ -21,6 +22,8 @@ export interface DecodeOptions {
   device?: string;
   topic?: string;
   transport?: string;
+  /** For script codecs: input.fPort given to decodeUplink (LoRaWAN-style codecs switch on it). */
+  fport?: string;
   hex?: string;
   base64?: string;
   file?: string;
@@ -41,7 +44,7 @@ export interface EncodeOptions {
 /** Decodes one payload; the output is the record (or an array when the payload yields several). */
 export function decodeCommand(opts: DecodeOptions): CommandResult {
   try {
-    const product = productOf(opts.devices, opts.product);
+    const product = opts.fport === undefined ? productOf(opts.devices, opts.product) : withFPort(opts.devices, opts.product, opts.fport);
     const deviceName = opts.device ?? firstDevice(product);
     const { topic, route } = resolveTopic(product, deviceName, opts.topic);
     const payload = readPayload(opts);
@@ -91,6 +94,21 @@ function productOf(devicesDir: string, productKey: string): Product {
   const product = loadRegistry(devicesDir).product(productKey);
   if (!product) throw new WanwuError('WANWU_ERR_UNKNOWN_DEVICE', `no product ${productKey} in ${devicesDir}`);
   return product;
+}
+
+/** The product as loaded, but with its script codec's fPort replaced. */
+function withFPort(devicesDir: string, productKey: string, fport: string): Product {
+  productOf(devicesDir, productKey); // refuses unknown products and broken folders with the usual errors
+  const fPort = Number(fport);
+  if (!Number.isInteger(fPort) || fPort < 0 || fPort > 255) throw new WanwuError('WANWU_ERR_CONFIG', '--fport must be an integer 0-255');
+  const dir = path.join(devicesDir, productKey);
+  const read = (file: string) => {
+    const f = path.join(dir, file);
+    return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as unknown) : null;
+  };
+  const product = read('product.json') as { codec?: { type?: string } };
+  if (product.codec?.type !== 'script') throw new WanwuError('WANWU_ERR_CONFIG', `--fport applies to script codecs; ${productKey} uses ${product.codec?.type}`);
+  return createProduct({ dir, product: { ...product, codec: { ...product.codec, fPort } }, model: read('model.json'), devices: read('devices.json') });
 }
 
 function firstDevice(product: Product): string {

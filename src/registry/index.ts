@@ -115,8 +115,19 @@ function parseDevices(json: unknown, productKey: string, dir: string): Map<strin
   return devices;
 }
 
-/** Loads every product folder under `devicesDir` (synchronously, at start). Throws WANWU_ERR_PRODUCT. */
-export function loadRegistry(devicesDir: string): Registry {
+/** Every product folder checked, broken ones included: what `wanwu models check` reports. */
+export interface ProductReport {
+  products: Product[];
+  /** One WANWU_ERR_PRODUCT per broken folder (file and key named). */
+  errors: WanwuError[];
+  warnings: string[];
+}
+
+/**
+ * Checks every product folder under `devicesDir` without stopping at the first broken one. Throws
+ * WANWU_ERR_PRODUCT only when the folder itself is missing or holds no product.
+ */
+export function inspectProducts(devicesDir: string): ProductReport {
   const shown = displayPath(devicesDir);
   let names: string[];
   try {
@@ -133,33 +144,42 @@ export function loadRegistry(devicesDir: string): Registry {
     throw new WanwuError('WANWU_ERR_PRODUCT', `${shown}: no products (expected ${shown}/<productKey>/product.json)`, { detail: { file: shown } });
   }
 
-  const products: Product[] = [];
-  const warnings: string[] = [];
+  const report: ProductReport = { products: [], errors: [], warnings: [] };
   const imeis = new Map<string, string>();
   for (const folder of names) {
     const dir = path.join(shown, folder);
-    const product = createProduct({
-      dir,
-      product: readJson(path.join(devicesDir, folder, 'product.json'), path.join(dir, 'product.json'), true),
-      model: readJson(path.join(devicesDir, folder, 'model.json'), path.join(dir, 'model.json'), false),
-      devices: readJson(path.join(devicesDir, folder, 'devices.json'), path.join(dir, 'devices.json'), false),
-    }, (line) => warnings.push(line));
-    // NB-IoT platforms identify devices by IMEI: one IMEI must not name two devices.
-    let i = 0;
-    for (const d of product.devices.values()) {
-      if (d.imei !== undefined) {
-        const other = imeis.get(d.imei);
-        if (other !== undefined) {
-          new DefinitionReader(path.join(dir, 'devices.json')).fail(`[${i}].imei`, `"${d.imei}" is already used by ${other}`);
+    try {
+      const product = createProduct({
+        dir,
+        product: readJson(path.join(devicesDir, folder, 'product.json'), path.join(dir, 'product.json'), true),
+        model: readJson(path.join(devicesDir, folder, 'model.json'), path.join(dir, 'model.json'), false),
+        devices: readJson(path.join(devicesDir, folder, 'devices.json'), path.join(dir, 'devices.json'), false),
+      }, (line) => report.warnings.push(line));
+      // NB-IoT platforms identify devices by IMEI: one IMEI must not name two devices.
+      let i = 0;
+      for (const d of product.devices.values()) {
+        if (d.imei !== undefined) {
+          const other = imeis.get(d.imei);
+          if (other !== undefined) {
+            new DefinitionReader(path.join(dir, 'devices.json')).fail(`[${i}].imei`, `"${d.imei}" is already used by ${other}`);
+          }
+          imeis.set(d.imei, `${d.productKey}/${d.deviceName}`);
         }
-        imeis.set(d.imei, `${d.productKey}/${d.deviceName}`);
+        i++;
       }
-      i++;
+      report.products.push(product);
+    } catch (err) {
+      report.errors.push(err instanceof WanwuError ? err : new WanwuError('WANWU_ERR_PRODUCT', `${dir}: ${(err as Error).message}`, { cause: err }));
     }
-    products.push(product);
   }
-  products.sort((a, b) => (a.productKey < b.productKey ? -1 : a.productKey > b.productKey ? 1 : 0));
+  report.products.sort((a, b) => (a.productKey < b.productKey ? -1 : a.productKey > b.productKey ? 1 : 0));
+  return report;
+}
 
+/** Loads every product folder under `devicesDir` (synchronously, at start). Throws the first WANWU_ERR_PRODUCT. */
+export function loadRegistry(devicesDir: string): Registry {
+  const { products, errors, warnings } = inspectProducts(devicesDir);
+  if (errors.length > 0) throw errors[0]!;
   const byKey = new Map(products.map((p) => [p.productKey, p]));
   const deviceCount = products.reduce((n, p) => n + p.devices.size, 0);
   return Object.freeze({

@@ -1,4 +1,7 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { tempDir } from '../../helpers/index.js';
 import { decodeCommand, encodeCommand } from '../../../src/commands/codec-tools.js';
 import { DEVICES_DIR } from '../../helpers/gateway.js';
 
@@ -56,5 +59,23 @@ describe('wanwu decode', () => {
     const r = encodeCommand({ devices, product: 'TrackerCat1', data: '[1,2]' });
     expect(r.exitCode).toBe(1);
     expect(JSON.parse(r.output).error.code).toBe('WANWU_ERR_CONFIG');
+  });
+
+  it('--fport reaches a script codec as input.fPort, and is refused for other codecs', () => {
+    const dir = tempDir();
+    try {
+      mkdirSync(join(dir.path, 'EchoNB'));
+      writeFileSync(join(dir.path, 'EchoNB', 'product.json'), JSON.stringify({ productKey: 'EchoNB', name: 'echo', rat: 'nb-iot', codec: { type: 'script', file: 'codec.js' } }));
+      writeFileSync(join(dir.path, 'EchoNB', 'codec.js'), 'function decodeUplink(input) { return { data: { port: input.fPort, n: input.bytes.length } }; }\n');
+      const byDefault = JSON.parse(decodeCommand({ devices: dir.path, product: 'EchoNB', hex: '0102' }).output);
+      expect(byDefault).toMatchObject({ data: { port: 1, n: 2 }, validated: false });
+      const on7 = decodeCommand({ devices: dir.path, product: 'EchoNB', hex: '0102', fport: '7' });
+      expect(on7.exitCode).toBe(0);
+      expect(JSON.parse(on7.output).data).toEqual({ port: 7, n: 2 });
+      const bad = decodeCommand({ devices, product: 'WaterMeterNB', hex: METER_HEX, fport: '2' });
+      expect(JSON.parse(bad.output).error).toMatchObject({ code: 'WANWU_ERR_CONFIG', message: expect.stringContaining('script codecs') });
+    } finally {
+      dir.cleanup();
+    }
   });
 });
