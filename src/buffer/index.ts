@@ -180,7 +180,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 `;
 
 /** Rows deleted per statement when pruning, dropping or expiring, so one call never stalls the loop long. */
-const DELETE_CHUNK = 50_000;
+const DELETE_CHUNK = 20_000;
 /** Free pages kept for reuse before incremental vacuum gives the rest back to the file system (1 MiB at 4 KiB pages). */
 const FREE_PAGES_KEPT = 256;
 /** Per-row overhead estimate on top of the JSON body (key columns, b-tree cell, page slack). */
@@ -576,8 +576,11 @@ class SqliteBuffer implements RecordBuffer {
     if (!st) return;
     try {
       this.refreshFromDisk();
-      const forwarded = Math.min(this.minCursor(), this.first - 1 + DELETE_CHUNK);
-      if (forwarded >= this.first) {
+      // In chunks, for at most ~100 ms a tick, so a large drained backlog goes quickly without
+      // holding the event loop (and the devices) for long.
+      const until = performance.now() + 100;
+      while (this.minCursor() >= this.first && performance.now() < until) {
+        const forwarded = Math.min(this.minCursor(), this.first - 1 + DELETE_CHUNK);
         st.deleteThrough.run(forwarded);
         this.first = forwarded + 1;
       }
