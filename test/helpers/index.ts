@@ -7,6 +7,7 @@ import { createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Aedes } from 'aedes';
+import { WanwuError } from '../../src/errors.js';
 import type { Logger } from '../../src/types.js';
 
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
@@ -113,4 +114,15 @@ export function makeCertificates(dir: string): { caFile: string; ca: Buffer; key
     key: readFileSync(join(dir, 'server.key')),
     cert: readFileSync(join(dir, 'server.pem')),
   };
+}
+
+/** Runs fn, expects it to throw a WanwuError, and returns that error. */
+export function errorOf(fn: () => unknown): WanwuError {
+  try {
+    fn();
+  } catch (err) {
+    if (!(err instanceof WanwuError)) throw new Error(`expected a WanwuError, got ${String(err)}`);
+    return err;
+  }
+  throw new Error('expected a WanwuError, nothing was thrown');
 }

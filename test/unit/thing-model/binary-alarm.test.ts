@@ -8,6 +8,7 @@ import { WanwuError } from '../../../src/errors.js';
 import { createProduct, type Product } from '../../../src/registry/index.js';
 import { compileBinaryLayout, crc16Modbus, decodeBinaryItem, encodeBinary } from '../../../src/thing-model/codecs/binary.js';
 import { decodeUplink } from '../../../src/thing-model/index.js';
+import { errorOf } from '../../helpers/index.js';
 
 const dir = fileURLToPath(new URL('../../../devices/AlarmNB', import.meta.url));
 const read = (name: string): unknown => JSON.parse(readFileSync(`${dir}/${name}`, 'utf8'));
@@ -24,16 +25,6 @@ function bytes(...groups: number[][]): Buffer {
 function withCrc(frame: Buffer): Buffer {
   const crc = crc16Modbus(frame);
   return Buffer.concat([frame, bytes([crc & 0xff, crc >> 8])]);
-}
-
-function errorOf(fn: () => unknown): WanwuError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(WanwuError);
-    return err as WanwuError;
-  }
-  throw new Error('expected a WanwuError, nothing was thrown');
 }
 
 function refusal(frame: Buffer): { code: string; message: string } {

@@ -5,16 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { WanwuError } from '../../../src/errors.js';
 import { compileBinaryLayout, decodeBinary } from '../../../src/thing-model/codecs/binary.js';
 import { parseThingModel } from '../../../src/thing-model/tsl.js';
-
-function errorOf(fn: () => unknown): WanwuError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(WanwuError);
-    return err as WanwuError;
-  }
-  throw new Error('expected a WanwuError, nothing was thrown');
-}
+import { errorOf } from '../../helpers/index.js';
 
 const hex = (h: string) => Buffer.from(h.replace(/\s+/g, ''), 'hex');
 

@@ -14,6 +14,7 @@ import {
   xor8,
 } from '../../../src/thing-model/codecs/binary.js';
 import { parseThingModel } from '../../../src/thing-model/tsl.js';
+import { errorOf } from '../../helpers/index.js';
 
 function bytes(...groups: number[][]): Buffer {
   return Buffer.from(groups.flat());
@@ -25,16 +26,6 @@ function roundTrip(json: unknown, frame: Buffer, data: Record<string, unknown>) 
   expect(decodeBinary(layout, frame)).toEqual(data);
   expect(encodeBinary(layout, data).toString('hex')).toBe(frame.toString('hex'));
   return layout;
-}
-
-function errorOf(fn: () => unknown): WanwuError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(WanwuError);
-    return err as WanwuError;
-  }
-  throw new Error('expected a WanwuError, nothing was thrown');
 }
 
 describe('binary: offsets and endianness', () => {

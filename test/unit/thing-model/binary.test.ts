@@ -5,6 +5,7 @@ import { WanwuError } from '../../../src/errors.js';
 import { createProduct, loadRegistry } from '../../../src/registry/index.js';
 import { compileBinaryLayout, decodeBinary, decodeUplink, encodeBinary, parseThingModel } from '../../../src/thing-model/index.js';
 import { decimalsOf } from '../../../src/thing-model/codecs/binary.js';
+import { errorOf } from '../../helpers/index.js';
 
 const devicesDir = fileURLToPath(new URL('../../../devices', import.meta.url));
 const registry = loadRegistry(devicesDir);
@@ -28,16 +29,6 @@ const SAMPLE = Buffer.from([
   0xff, 0xa6, //             rsrp           i16 @12  -90 dBm
 ]);
 const SAMPLE_DATA = { cumulativeFlow: 12.345, instantFlow: 1.234, batteryVoltage: 3.6, valveState: 0, temperature: 23.45, rsrp: -90 };
-
-function errorOf(fn: () => unknown): WanwuError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(WanwuError);
-    return err as WanwuError;
-  }
-  throw new Error('expected a WanwuError, nothing was thrown');
-}
 
 describe('binary layout: water meter', () => {
   it('compiles to fixed offsets and a 14-byte frame', () => {

@@ -15,6 +15,7 @@ import { shortestFloat32 } from '../../../src/thing-model/codecs/protobuf.js';
 import { decodeUplink, type DecodedItem, type TslDataType } from '../../../src/thing-model/index.js';
 import type { UplinkRoute } from '../../../src/types.js';
 import { arbitraryEventData, arbitraryPropertyData } from '../../helpers/tsl-arbitrary.js';
+import { errorOf } from '../../helpers/index.js';
 
 const sampleDir = fileURLToPath(new URL('../../../devices/VehicleRedCap', import.meta.url));
 const readJson = (file: string): unknown => JSON.parse(readFileSync(path.join(sampleDir, file), 'utf8'));
@@ -29,16 +30,6 @@ function hex(s: string): Buffer {
   const digits = s.replace(/\/\/.*$/gm, '').replace(/\s+/g, '');
   if (!/^(?:[0-9a-f]{2})*$/i.test(digits)) throw new Error(`bad hex fixture: ${digits}`);
   return Buffer.from(digits, 'hex');
-}
-
-function errorOf(fn: () => unknown): WanwuError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(WanwuError);
-    return err as WanwuError;
-  }
-  throw new Error('expected a WanwuError, nothing was thrown');
 }
 
 function refused(product: Product, route: UplinkRoute, payload: Buffer): WanwuError {
