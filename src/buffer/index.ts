@@ -151,13 +151,11 @@ interface Pending {
 }
 
 const SCHEMA = `
-CREATE TABLE IF NOT EXISTS records (
+-- route: productKey, deviceName, kind and event joined by U+001F (what topic templates need); the
+-- record itself is the JSON body. Three bound columns per row keep appends cheap.
+CREATE TABLE IF NOT EXISTS outbox (
   seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-  id          TEXT NOT NULL,
-  product_key TEXT NOT NULL,
-  device_name TEXT NOT NULL,
-  kind        TEXT NOT NULL,
-  event       TEXT,
+  route       TEXT NOT NULL,
   received_at INTEGER NOT NULL,
   body        TEXT NOT NULL
 );
@@ -253,6 +251,7 @@ class SqliteBuffer implements RecordBuffer {
       // Checkpoints truncate the WAL back to this size, so a burst does not leave a large file behind.
       db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`);
       db.exec(SCHEMA);
+      migrateRecordsTable(db);
       this.db = db;
       this.statements = this.prepare(db);
       this.pageSize = db.pragma('page_size', { simple: true }) as number;
@@ -310,7 +309,11 @@ class SqliteBuffer implements RecordBuffer {
 
   readAfter(afterSeq: number, limit: number): StoredRecord[] {
     if (!this.statements) return [];
-    return this.statements.readAfter.all(afterSeq, limit) as StoredRecord[];
+    const rows = this.statements.readAfter.all(afterSeq, limit) as Array<{ seq: number; route: string; body: string }>;
+    return rows.map(({ seq, route, body }) => {
+      const [productKey = '', deviceName = '', kind = '', event = ''] = route.split(ROUTE_SEP);
+      return { seq, productKey, deviceName, kind, event: event === '' ? null : event, body };
+    });
   }
 
   cursor(upstream: string): number {
@@ -618,19 +621,19 @@ class SqliteBuffer implements RecordBuffer {
   }
 
   private prepare(db: Database.Database) {
-    const insertSql = 'INSERT INTO records (id, product_key, device_name, kind, event, received_at, body) VALUES ';
-    const insertRecord = db.prepare(`${insertSql}(?, ?, ?, ?, ?, ?, ?)`);
+    const insertSql = 'INSERT INTO outbox (route, received_at, body) VALUES ';
+    const insertRecord = db.prepare(`${insertSql}(?, ?, ?)`);
     // Several rows per statement: better-sqlite3's per-call cost is then paid once per ROWS_PER_INSERT
     // records (about 1.5x the rows/s of one row per statement, measured on this machine).
-    const insertMany = db.prepare(`${insertSql}${Array(ROWS_PER_INSERT).fill('(?, ?, ?, ?, ?, ?, ?)').join(', ')}`);
-    const manyArgs = new Array<unknown>(ROWS_PER_INSERT * 7);
+    const insertMany = db.prepare(`${insertSql}${Array(ROWS_PER_INSERT).fill('(?, ?, ?)').join(', ')}`);
+    const manyArgs = new Array<unknown>(ROWS_PER_INSERT * 3);
     const insertDeadLetter = db.prepare(
       'INSERT INTO dead_letters (received_at, transport, product_key, device_name, topic, peer, code, message, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
     );
     const upsertCursor = db.prepare(
       'INSERT INTO cursors (upstream, seq) VALUES (?, ?) ON CONFLICT (upstream) DO UPDATE SET seq = MAX(seq, excluded.seq)',
     );
-    const deleteThrough = db.prepare('DELETE FROM records WHERE seq <= ?');
+    const deleteThrough = db.prepare('DELETE FROM outbox WHERE seq <= ?');
     const deleteDeadLetter = db.prepare('DELETE FROM dead_letters WHERE id = ?');
     const commit = db.transaction((batch: Pending, cursorUpdates: ReadonlyArray<readonly [string, number]>, dropThrough: number) => {
       if (dropThrough > 0) deleteThrough.run(dropThrough);
@@ -639,20 +642,16 @@ class SqliteBuffer implements RecordBuffer {
       for (; i + ROWS_PER_INSERT <= rows.length; i += ROWS_PER_INSERT) {
         for (let k = 0; k < ROWS_PER_INSERT; k++) {
           const { r, body } = rows[i + k]!;
-          const o = k * 7;
-          manyArgs[o] = r.id;
-          manyArgs[o + 1] = r.productKey;
-          manyArgs[o + 2] = r.deviceName;
-          manyArgs[o + 3] = r.kind;
-          manyArgs[o + 4] = r.event ?? null;
-          manyArgs[o + 5] = r.receivedAt;
-          manyArgs[o + 6] = body;
+          const o = k * 3;
+          manyArgs[o] = routeOf(r);
+          manyArgs[o + 1] = r.receivedAt;
+          manyArgs[o + 2] = body;
         }
         insertMany.run(manyArgs);
       }
       for (; i < rows.length; i++) {
         const { r, body } = rows[i]!;
-        insertRecord.run(r.id, r.productKey, r.deviceName, r.kind, r.event ?? null, r.receivedAt, body);
+        insertRecord.run(routeOf(r), r.receivedAt, body);
       }
       for (const d of batch.deadLetters) {
         insertDeadLetter.run(d.receivedAt, d.transport, d.productKey ?? null, d.deviceName ?? null, d.topic, d.peer, d.code, d.message, d.payload);
@@ -666,22 +665,18 @@ class SqliteBuffer implements RecordBuffer {
         deleteThrough.run(through);
         for (const [name, seq] of updates) upsertCursor.run(name, seq);
       }),
-      lastSeq: db.prepare("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'records'), 0)"),
-      firstSeq: db.prepare('SELECT MIN(seq) FROM records'),
-      firstNotBefore: db.prepare('SELECT seq FROM records WHERE seq > ? AND received_at >= ? ORDER BY seq LIMIT 1'),
-      readAfter: db.prepare(
-        'SELECT seq, product_key AS productKey, device_name AS deviceName, kind, event, body FROM records WHERE seq > ? ORDER BY seq LIMIT ?',
-      ),
-      receivedAtAfter: db.prepare('SELECT received_at FROM records WHERE seq > ? ORDER BY seq LIMIT 1'),
+      lastSeq: db.prepare("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)"),
+      firstSeq: db.prepare('SELECT MIN(seq) FROM outbox'),
+      firstNotBefore: db.prepare('SELECT seq FROM outbox WHERE seq > ? AND received_at >= ? ORDER BY seq LIMIT 1'),
+      readAfter: db.prepare('SELECT seq, route, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?'),
+      receivedAtAfter: db.prepare('SELECT received_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1'),
       allCursors: db.prepare('SELECT upstream, seq FROM cursors'),
       countDeadLetters: db.prepare('SELECT COUNT(*) FROM dead_letters'),
       listDeadLetters: db.prepare(
         'SELECT * FROM dead_letters WHERE id > @afterId AND (@productKey IS NULL OR product_key = @productKey) ORDER BY id LIMIT @limit',
       ),
       replaceDeadLetter: db.transaction((id: number, records: readonly TelemetryRecord[]) => {
-        for (const r of records) {
-          insertRecord.run(r.id, r.productKey, r.deviceName, r.kind, r.event ?? null, r.receivedAt, JSON.stringify(r));
-        }
+        for (const r of records) insertRecord.run(routeOf(r), r.receivedAt, JSON.stringify(r));
         if (deleteDeadLetter.run(id).changes !== 1) throw new Error(`dead letter ${id} is gone (replayed by someone else?)`);
       }),
       reviseDeadLetter: db.prepare('UPDATE dead_letters SET code = ?, message = ? WHERE id = ?'),
@@ -689,6 +684,30 @@ class SqliteBuffer implements RecordBuffer {
       freelistCount: db.prepare('PRAGMA freelist_count'),
     };
   }
+}
+
+/** Separates the parts of the route column (identifiers never contain it: src/transport/topic.ts). */
+const ROUTE_SEP = '\u001f';
+
+function routeOf(r: TelemetryRecord): string {
+  return `${r.productKey}${ROUTE_SEP}${r.deviceName}${ROUTE_SEP}${r.kind}${ROUTE_SEP}${r.event ?? ''}`;
+}
+
+/**
+ * Databases written before the outbox table (a `records` table with one column per route part) are
+ * moved over once, keeping every seq so the upstream cursors stay valid.
+ */
+function migrateRecordsTable(db: Database.Database): void {
+  const old = db.prepare("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'records'").pluck().get() as number;
+  if (old === 0) return;
+  db.transaction(() => {
+    db.exec(`INSERT INTO outbox (seq, route, received_at, body)
+      SELECT seq, product_key || char(31) || device_name || char(31) || kind || char(31) || COALESCE(event, ''), received_at, body FROM records`);
+    db.exec(`UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'records'), 0)) WHERE name = 'outbox'`);
+    db.exec(`INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox', seq FROM sqlite_sequence WHERE name = 'records'
+      AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox')`);
+    db.exec('DROP TABLE records');
+  })();
 }
 
 /** Records lost to at least one upstream: the largest per-upstream loss (each record counts once). */

@@ -57,7 +57,7 @@ describe('SQLite buffer (real file)', () => {
     await b.append([record(7)]);
     const other = new Database(path, { readonly: true });
     try {
-      expect(other.prepare('SELECT COUNT(*) AS n FROM records').get()).toEqual({ n: 1 });
+      expect(other.prepare('SELECT COUNT(*) AS n FROM outbox').get()).toEqual({ n: 1 });
     } finally {
       other.close();
     }
@@ -145,5 +145,35 @@ describe('SQLite buffer (real file)', () => {
     off();
     await b.append([record(2)]);
     expect(calls).toBe(1);
+  });
+});
+
+describe('buffer migration', () => {
+  it('moves a records table written by earlier versions into the outbox, keeping seqs and cursors', async () => {
+    const d = tempDir();
+    try {
+      const path = join(d.path, 'old.db');
+      const old = new Database(path);
+      old.exec(`CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, product_key TEXT NOT NULL, device_name TEXT NOT NULL,
+        kind TEXT NOT NULL, event TEXT, received_at INTEGER NOT NULL, body TEXT NOT NULL);
+        CREATE TABLE cursors (upstream TEXT PRIMARY KEY, seq INTEGER NOT NULL);`);
+      const ins = old.prepare('INSERT INTO records (id, product_key, device_name, kind, event, received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)');
+      for (let i = 1; i <= 5; i++) ins.run(`id-${i}`, 'P', 'd1', i === 5 ? 'event' : 'property', i === 5 ? 'alarm' : null, 2000 + i, JSON.stringify(record(i)));
+      old.exec("DELETE FROM records WHERE seq <= 2; INSERT INTO cursors VALUES ('a', 3)");
+      old.close();
+      const b = createBuffer({ path, sync: 'full', logger: silentLogger, upstreams: ['a'] });
+      await b.start();
+      try {
+        expect(b.lastSeq()).toBe(5);
+        expect(b.cursor('a')).toBe(3);
+        expect(b.readAfter(0, 10).map((r) => [r.seq, r.kind, r.event])).toEqual([[3, 'property', null], [4, 'property', null], [5, 'event', 'alarm']]);
+        await b.append([record(6)]);
+        expect(b.lastSeq()).toBe(6);
+      } finally {
+        await b.stop();
+      }
+    } finally {
+      d.cleanup();
+    }
   });
 });
