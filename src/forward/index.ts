@@ -15,7 +15,7 @@ import { WanwuError } from '../errors.js';
 import type { Logger, Stage } from '../types.js';
 import { encodePayload } from './payload.js';
 
-export { decodeRecordProtobuf, encodeRecordProtobuf, RECORD_PROTO } from './payload.js';
+export { decodeRecordProtobuf, encodeRecordProtobuf, recordProtoPath } from './payload.js';
 
 export interface ForwarderOptions {
   upstream: UpstreamConfig;

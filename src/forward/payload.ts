@@ -9,19 +9,19 @@ import type { TelemetryRecord } from '../types.js';
 export type UpstreamFormat = 'json' | 'json-batch' | 'protobuf';
 
 /** proto/wanwu/v1/record.proto, found from src/forward (tests) or dist/src/forward (built). */
-export const RECORD_PROTO: string = (() => {
+export function recordProtoPath(): string {
   for (const rel of ['../../proto/wanwu/v1/record.proto', '../../../proto/wanwu/v1/record.proto']) {
     const path = fileURLToPath(new URL(rel, import.meta.url));
     if (existsSync(path)) return path;
   }
   throw new Error('proto/wanwu/v1/record.proto is missing from the installation');
-})();
+}
 
 let recordType: protobuf.Type | null = null;
 
-/** The wanwu.v1.Record message type (loaded once; google/protobuf/struct.proto is built into protobufjs). */
+/** The wanwu.v1.Record message type (loaded on first use; google/protobuf/struct.proto is built into protobufjs). */
 export function recordMessageType(): protobuf.Type {
-  recordType ??= protobuf.loadSync(RECORD_PROTO).lookupType('wanwu.v1.Record');
+  recordType ??= protobuf.loadSync(recordProtoPath()).lookupType('wanwu.v1.Record');
   return recordType;
 }
 
