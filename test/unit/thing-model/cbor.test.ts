@@ -8,6 +8,7 @@ import { createProduct, type Product } from '../../../src/registry/index.js';
 import { decodeUplink, type DecodeEnvelope } from '../../../src/thing-model/index.js';
 import type { UplinkRoute } from '../../../src/types.js';
 import { arbitraryItem } from '../../helpers/tsl-arbitrary.js';
+import { errorOf } from '../../helpers/index.js';
 
 const UP: UplinkRoute = { type: 'up-raw' };
 const jsonEncoder = new Encoder({ useRecords: false });
@@ -50,16 +51,6 @@ function product(codec: Record<string, unknown>): Product {
 const MAP = { '1': 'soilMoisture', '2': 'count', '3': 'flag', '0': '$event', '9': '$time' };
 const mapped = product({ type: 'cbor', map: MAP });
 const unmapped = product({ type: 'cbor' });
-
-function thrown(fn: () => unknown): WanwuError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(WanwuError);
-    return err as WanwuError;
-  }
-  throw new Error('expected a WanwuError');
-}
 
 describe('cbor codec: decode', () => {
   it('reads integer keys through the map, with a device time', () => {
@@ -133,7 +124,7 @@ describe('cbor codec: decode', () => {
     ['a2 01 01 6c736f696c4d6f6973747572 65 02', 'WANWU_ERR_MALFORMED', /^soilMoisture: given twice$/], // key 1 and "soilMoisture"
     ['a1 69 5f5f70726f746f5f5f 01', 'WANWU_ERR_MALFORMED', /^map key "__proto__" is reserved$/],
   ])('refuses %s with %s', (bytes, code, message) => {
-    const err = thrown(() => mapped.codec.decode(UP, hex(bytes), {}));
+    const err = errorOf(() => mapped.codec.decode(UP, hex(bytes), {}));
     expect(err.code).toBe(code);
     expect(err.message).toMatch(message);
   });
@@ -195,7 +186,7 @@ describe('cbor codec: product.json', () => {
     [{ type: 'cbor', map: [] }, 'codec.map: expected an object, got []'],
     [{ type: 'cbor', keys: {} }, 'codec.keys: unknown key (allowed: type, map)'],
   ])('refuses %j', (codec, message) => {
-    const err = thrown(() => product(codec));
+    const err = errorOf(() => product(codec));
     expect(err.code).toBe('WANWU_ERR_PRODUCT');
     expect(err.message).toBe(`devices/CborFixture/product.json: ${message}`);
   });

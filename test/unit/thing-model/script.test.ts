@@ -11,6 +11,7 @@ import { DefinitionReader } from '../../../src/thing-model/check.js';
 import { scriptCodecFromJson } from '../../../src/thing-model/codecs/script.js';
 import { decodeUplink, type Codec, type DecodeEnvelope, type TslDataType } from '../../../src/thing-model/index.js';
 import type { UplinkRoute } from '../../../src/types.js';
+import { errorOf } from '../../helpers/index.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 /** Relative paths, as the registry passes them: messages and stack traces name these. */
@@ -28,16 +29,6 @@ function fixture(file: string, options: Record<string, unknown> = {}): Codec {
 function soilProduct(): Product {
   const read = (name: string): unknown => JSON.parse(readFileSync(path.join(SOIL_DIR, name), 'utf8'));
   return createProduct({ dir: SOIL_DIR, product: read('product.json'), model: read('model.json'), devices: read('devices.json') });
-}
-
-function thrown(fn: () => unknown): WanwuError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(WanwuError);
-    return err as WanwuError;
-  }
-  throw new Error('expected a WanwuError');
 }
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
@@ -86,12 +77,12 @@ describe('SoilNB sample (ChirpStack-style codec.js)', () => {
   });
 
   it("refuses frames the script reports in `errors`, with the script's first error", () => {
-    const unknown = thrown(() => soil.codec.decode(UP, hex('07 00b4 00c8'), {}));
+    const unknown = errorOf(() => soil.codec.decode(UP, hex('07 00b4 00c8'), {}));
     expect(unknown.code).toBe('WANWU_ERR_MALFORMED');
     expect(unknown.message).toBe('codec.js: decodeUplink: unknown frame type 0x07');
     expect(unknown.detail).toMatchObject({ script: 'codec.js', function: 'decodeUplink', reason: 'errors' });
-    expect(thrown(() => soil.codec.decode(UP, hex('01 01a9 0898'), {})).message).toBe('codec.js: decodeUplink: report frame is 5 bytes; expected 12');
-    expect(thrown(() => soil.codec.decode(UP, Buffer.alloc(0), {})).message).toBe('codec.js: decodeUplink: empty frame');
+    expect(errorOf(() => soil.codec.decode(UP, hex('01 01a9 0898'), {})).message).toBe('codec.js: decodeUplink: report frame is 5 bytes; expected 12');
+    expect(errorOf(() => soil.codec.decode(UP, Buffer.alloc(0), {})).message).toBe('codec.js: decodeUplink: empty frame');
   });
 
   it('lets the thing model refuse out-of-range values the script decoded', () => {
@@ -105,7 +96,7 @@ describe('SoilNB sample (ChirpStack-style codec.js)', () => {
     const report = { soilMoisture: 42.5, soilTemperature: 22, conductivity: 1300, batteryVoltage: 3.65, rsrp: -100, sensorStatus: 0 };
     expect(soil.codec.encode!(UP, { kind: 'property', data: report }).toString('hex')).toBe('0101a9089805140e42ff9c00');
     expect(soil.codec.encode!(UP, { kind: 'event', event: 'dryAlarm', data: { soilMoisture: 18, threshold: 20 } }).toString('hex')).toBe('0200b400c8');
-    const partial = thrown(() => soil.codec.encode!(UP, { kind: 'property', data: { soilMoisture: 42.5 } }));
+    const partial = errorOf(() => soil.codec.encode!(UP, { kind: 'property', data: { soilMoisture: 42.5 } }));
     expect(partial.code).toBe('WANWU_ERR_INVALID');
     expect(partial.message).toBe('codec.js: encodeDownlink: soilTemperature missing');
   });
@@ -198,16 +189,16 @@ describe('Alibaba IoT style (rawDataToProtocol / protocolToRawData)', () => {
   });
 
   it('refuses a message that is not a post (a set reply has no method)', () => {
-    const err = thrown(() => thermo.decode(UP, hex('03 00000008 c8'), {}));
+    const err = errorOf(() => thermo.decode(UP, hex('03 00000008 c8'), {}));
     expect(err.code).toBe('WANWU_ERR_METHOD');
     expect(err.message).toBe('alibaba-thermostat.js: rawDataToProtocol returned method nothing; up_raw takes "thing.event.property.post" or "thing.event.{eventId}.post"');
   });
 
   it('refuses an Alink message with a bad shape, naming the script', () => {
     // An unknown command byte: the script returns {} (no method).
-    expect(thrown(() => thermo.decode(UP, hex('09'), {})).code).toBe('WANWU_ERR_METHOD');
+    expect(errorOf(() => thermo.decode(UP, hex('09'), {})).code).toBe('WANWU_ERR_METHOD');
     // A report cut short: DataView reads past the end and throws RangeError in the script.
-    const short = thrown(() => thermo.decode(UP, hex('00 00003039 00'), {}));
+    const short = errorOf(() => thermo.decode(UP, hex('00 00003039 00'), {}));
     expect(short.code).toBe('WANWU_ERR_MALFORMED');
     expect(short.message).toMatch(/^alibaba-thermostat\.js:\d+: rawDataToProtocol threw RangeError: Offset is outside the bounds of the DataView$/);
   });
@@ -319,7 +310,7 @@ describe('sandbox: a script cannot reach the host', () => {
   });
 
   it('is refused at load when it uses import()', () => {
-    const err = thrown(() => fixture('uses-import.js'));
+    const err = errorOf(() => fixture('uses-import.js'));
     expect(err.code).toBe('WANWU_ERR_PRODUCT');
     expect(err.message).toBe(`${path.join(FIXTURES, 'uses-import.js')}:3: "import" is not allowed in a codec script (modules cannot be loaded; rename the identifier or reword the comment)`);
     expect(err.detail).toEqual({ file: path.join(FIXTURES, 'uses-import.js'), line: 3 });
@@ -329,13 +320,13 @@ describe('sandbox: a script cannot reach the host', () => {
 describe('sandbox: faults in a script', () => {
   const faults = fixture('faults.js', { timeoutMs: 100 });
   const decode = (...b: number[]) => faults.decode(UP, Buffer.from(b), {});
-  const fault = (...b: number[]) => thrown(() => decode(...b));
+  const fault = (...b: number[]) => errorOf(() => decode(...b));
 
   it('stops an endless loop within its budget, and the next call works', () => {
     const quick = fixture('faults.js', { timeoutMs: 50 });
     const soil = soilProduct();
     const start = performance.now();
-    const err = thrown(() => quick.decode(UP, bytes(0x01), {}));
+    const err = errorOf(() => quick.decode(UP, bytes(0x01), {}));
     const elapsed = performance.now() - start;
     expect(err.code).toBe('WANWU_ERR_MALFORMED');
     expect(err.message).toBe('faults.js: decodeUplink was stopped after its 50 ms budget');
@@ -419,15 +410,15 @@ describe('sandbox: faults in a script', () => {
       ['none', 'faults.js: encodeDownlink returned 7; expected {bytes: [...]}'],
     ];
     for (const [name, message] of cases) {
-      const err = thrown(() => encode({ fault: name }));
+      const err = errorOf(() => encode({ fault: name }));
       expect({ name, code: err.code, message: err.message }).toEqual({ name, code: 'WANWU_ERR_INVALID', message });
     }
-    expect(thrown(() => encode({ fault: 'throw' })).message).toMatch(/^faults\.js:\d+: encodeDownlink threw RangeError: no room for throw$/);
-    expect(thrown(() => encode({ fault: 'loop' })).detail).toMatchObject({ reason: 'timeout', function: 'encodeDownlink' });
+    expect(errorOf(() => encode({ fault: 'throw' })).message).toMatch(/^faults\.js:\d+: encodeDownlink threw RangeError: no room for throw$/);
+    expect(errorOf(() => encode({ fault: 'loop' })).detail).toMatchObject({ reason: 'timeout', function: 'encodeDownlink' });
   });
 
   it('cannot encode without encodeDownlink', () => {
-    const err = thrown(() => fixture('tts-echo.js').encode!(UP, { kind: 'property', data: { x: 1 } }));
+    const err = errorOf(() => fixture('tts-echo.js').encode!(UP, { kind: 'property', data: { x: 1 } }));
     expect(err.code).toBe('WANWU_ERR_INVALID');
     expect(err.message).toBe('tts-echo.js defines no encodeDownlink, so Fixture cannot encode');
   });
@@ -443,7 +434,7 @@ describe('load errors name the file and line', () => {
     ['both-styles.js', `${file('both-styles.js')}: defines both decodeUplink (ChirpStack, The Things Stack) and rawDataToProtocol (Alibaba IoT); keep one`],
     ['top-level-loop.js', `${file('top-level-loop.js')}: the top level was stopped after 1000 ms`],
   ])('%s', (name, message) => {
-    const err = thrown(() => fixture(name));
+    const err = errorOf(() => fixture(name));
     expect(err.code).toBe('WANWU_ERR_PRODUCT');
     expect(err.message).toBe(message);
     expect(err.detail).toMatchObject({ file: file(name) });
@@ -459,7 +450,7 @@ describe('load errors name the file and line', () => {
     [{ file: 'escape.js', language: 'lua' }, 'codec.language: unknown key (allowed: type, file, timeoutMs, fPort, variables)'],
     [{}, 'codec.file: missing (expected a non-empty string)'],
   ])('product.json codec options %j', (options, message) => {
-    const err = thrown(() =>
+    const err = errorOf(() =>
       scriptCodecFromJson(
         { type: 'script', ...options },
         { productKey: 'Fixture', model: null, reader: new DefinitionReader('devices/Fixture/product.json'), path: 'codec', dir: FIXTURES },
