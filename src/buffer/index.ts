@@ -138,13 +138,11 @@ export interface RecordBuffer extends Stage {
   upstreamStats(upstream: string): UpstreamBufferStats;
 }
 
-interface QueuedRecord {
-  r: TelemetryRecord;
-  body: string;
-}
-
 interface Pending {
-  records: QueuedRecord[];
+  /** Queued rows, flat: route, received_at, body, route, ... (no object per record on the hot path). */
+  rows: Array<string | number>;
+  /** Records queued (rows.length / 3). */
+  count: number;
   bytes: number;
   deadLetters: DeadLetterInput[];
   waiters: Array<{ resolve: () => void; reject: (err: WanwuError) => void }>;
@@ -291,14 +289,23 @@ class SqliteBuffer implements RecordBuffer {
 
   append(records: readonly TelemetryRecord[]): Promise<void> {
     if (!this.db) return Promise.reject(new WanwuError('WANWU_ERR_STORAGE', 'the buffer is not open'));
-    const queued = records.map((r) => ({ r, body: JSON.stringify(r) }));
-    const bytes = queued.reduce((n, q) => n + q.body.length + ROW_OVERHEAD, 0);
-    if (this.whenFull === 'reject-new' && this.wouldOverflow(queued.length, bytes)) {
-      this.refused += queued.length;
+    const rows = new Array<string | number>(records.length * 3);
+    let bytes = 0;
+    for (let i = 0; i < records.length; i++) {
+      const r = records[i]!;
+      const body = JSON.stringify(r);
+      rows[i * 3] = routeOf(r);
+      rows[i * 3 + 1] = r.receivedAt;
+      rows[i * 3 + 2] = body;
+      bytes += body.length + ROW_OVERHEAD;
+    }
+    if (this.whenFull === 'reject-new' && this.wouldOverflow(records.length, bytes)) {
+      this.refused += records.length;
       return Promise.reject(new WanwuError('WANWU_ERR_BUFFER_FULL', `the buffer is full (${this.limitText()}); retry later`));
     }
     return this.enqueue((p) => {
-      for (const q of queued) p.records.push(q);
+      for (let i = 0; i < rows.length; i++) p.rows.push(rows[i]!);
+      p.count += records.length;
       p.bytes += bytes;
     });
   }
@@ -416,7 +423,7 @@ class SqliteBuffer implements RecordBuffer {
 
   /** True when adding `count` records of about `bytes` would pass a limit. */
   private wouldOverflow(count: number, bytes: number): boolean {
-    if (this.maxRecords !== null && this.recordCount() + this.pending.records.length + count > this.maxRecords) return true;
+    if (this.maxRecords !== null && this.recordCount() + this.pending.count + count > this.maxRecords) return true;
     if (this.maxBytes !== null && this.usedBytes + this.pending.bytes + bytes > this.maxBytes) return true;
     return false;
   }
@@ -494,7 +501,7 @@ class SqliteBuffer implements RecordBuffer {
   private overflowToDrop(batch: Pending): number {
     if (this.whenFull !== 'drop-oldest') return 0;
     let drop = 0;
-    if (this.maxRecords !== null) drop = Math.max(drop, this.recordCount() + batch.records.length - this.maxRecords);
+    if (this.maxRecords !== null) drop = Math.max(drop, this.recordCount() + batch.count - this.maxRecords);
     if (this.maxBytes !== null) {
       const over = this.usedBytes + batch.bytes - this.maxBytes;
       if (over > 0) drop = Math.max(drop, Math.ceil(over / this.bytesPerRecord()));
@@ -524,7 +531,7 @@ class SqliteBuffer implements RecordBuffer {
     let lastSeq = this.last;
     try {
       st.commit(batch, cursorUpdates, drop > 0 ? dropThrough : 0);
-      if (batch.records.length > 0) lastSeq = st.lastSeq.pluck().get() as number;
+      if (batch.count > 0) lastSeq = st.lastSeq.pluck().get() as number;
     } catch (err) {
       this.commitErrors++;
       this.failing = true;
@@ -540,7 +547,7 @@ class SqliteBuffer implements RecordBuffer {
     if (this.failing) this.opts.logger.info({}, 'buffer commits succeed again');
     this.failing = false;
     this.commits++;
-    this.committedRecords += batch.records.length;
+    this.committedRecords += batch.count;
     this.deadLetterCount += batch.deadLetters.length;
     for (const [name, seq] of cursorUpdates) this.cursors.set(name, seq);
     if (lossByUpstream) {
@@ -549,9 +556,9 @@ class SqliteBuffer implements RecordBuffer {
     }
     if (drop > 0) this.first = dropThrough + 1;
     this.last = lastSeq;
-    if (batch.records.length > 0 || drop > 0) this.refreshUsedBytes();
+    if (batch.count > 0 || drop > 0) this.refreshUsedBytes();
     for (const w of batch.waiters) w.resolve();
-    if (batch.records.length > 0) {
+    if (batch.count > 0) {
       for (const listener of this.listeners) listener();
     }
   }
@@ -637,22 +644,14 @@ class SqliteBuffer implements RecordBuffer {
     const deleteDeadLetter = db.prepare('DELETE FROM dead_letters WHERE id = ?');
     const commit = db.transaction((batch: Pending, cursorUpdates: ReadonlyArray<readonly [string, number]>, dropThrough: number) => {
       if (dropThrough > 0) deleteThrough.run(dropThrough);
-      const rows = batch.records;
-      let i = 0;
-      for (; i + ROWS_PER_INSERT <= rows.length; i += ROWS_PER_INSERT) {
-        for (let k = 0; k < ROWS_PER_INSERT; k++) {
-          const { r, body } = rows[i + k]!;
-          const o = k * 3;
-          manyArgs[o] = routeOf(r);
-          manyArgs[o + 1] = r.receivedAt;
-          manyArgs[o + 2] = body;
-        }
+      const rows = batch.rows;
+      const width = ROWS_PER_INSERT * 3;
+      let o = 0;
+      for (; o + width <= rows.length; o += width) {
+        for (let k = 0; k < width; k++) manyArgs[k] = rows[o + k];
         insertMany.run(manyArgs);
       }
-      for (; i < rows.length; i++) {
-        const { r, body } = rows[i]!;
-        insertRecord.run(routeOf(r), r.receivedAt, body);
-      }
+      for (; o < rows.length; o += 3) insertRecord.run(rows[o], rows[o + 1], rows[o + 2]);
       for (const d of batch.deadLetters) {
         insertDeadLetter.run(d.receivedAt, d.transport, d.productKey ?? null, d.deviceName ?? null, d.topic, d.peer, d.code, d.message, d.payload);
       }
@@ -718,7 +717,7 @@ function undeliveredCount(losses: ReadonlyMap<string, number>): number {
 }
 
 function emptyPending(): Pending {
-  return { records: [], bytes: 0, deadLetters: [], waiters: [] };
+  return { rows: [], count: 0, bytes: 0, deadLetters: [], waiters: [] };
 }
 
 function fileSize(path: string): number {
