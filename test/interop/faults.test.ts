@@ -140,7 +140,8 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
     }
     await waitUntil(() => app.seen.size === 500, 10_000, 'all 500 at the live upstream');
     const latencies = [...ackedAt].map(([id, at]) => app.seen.get(id)!.at - at).sort((a, b) => a - b);
-    expect(latencies[Math.floor(latencies.length * 0.99)]).toBeLessThan(1000);
+    // "On time": the dead upstream costs the live one nothing; 2 s leaves room for a loaded CI machine.
+    expect(latencies[Math.floor(latencies.length * 0.99)]).toBeLessThan(2000);
     const s = await status(ports.http);
     const byName = Object.fromEntries(s.upstreams.map((u: { name: string }) => [u.name, u]));
     expect(byName.live).toMatchObject({ connected: true, pending: 0, forwarded: 500 });
