@@ -5,7 +5,7 @@
 
 import { asWanwuError, WanwuError, type ErrorCode } from './errors.js';
 import type { DeadLetter, RecordBuffer } from './buffer/index.js';
-import { parseUplinkTopic } from './transport/topic.js';
+import { parseUplinkTopic } from './thing-model/topic.js';
 import type { Device, Product, Registry } from './registry/index.js';
 import { decodeUplink, type DecodedItem } from './thing-model/index.js';
 import type { IngestHandler, IngestOutcome, Logger, RawMessage, TelemetryRecord, Transport } from './types.js';

@@ -8,7 +8,7 @@ export type Transport = 'coap' | 'mqtt';
 export type Rat = 'nb-iot' | 'cat1' | 'redcap';
 export const RATS: readonly Rat[] = ['nb-iot', 'cat1', 'redcap'];
 
-/** What an uplink topic asks for, parsed once by the listener (src/transport/topic.ts). */
+/** What an uplink topic asks for, parsed once by the listener (src/thing-model/topic.ts). */
 export type UplinkRoute =
   | { type: 'property-post' } //  /sys/{pk}/{dn}/thing/event/property/post
   | { type: 'event-post'; eventId: string } //  /sys/{pk}/{dn}/thing/event/{eventId}/post

@@ -685,7 +685,7 @@ class SqliteBuffer implements RecordBuffer {
   }
 }
 
-/** Separates the parts of the route column (identifiers never contain it: src/transport/topic.ts). */
+/** Separates the parts of the route column (identifiers never contain it: src/thing-model/topic.ts). */
 const ROUTE_SEP = '\u001f';
 
 function routeOf(r: TelemetryRecord): string {

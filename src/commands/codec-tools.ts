@@ -8,7 +8,7 @@ import { asWanwuError, WanwuError } from '../errors.js';
 import { toRecords } from '../pipeline.js';
 import { createProduct, loadRegistry, type Product } from '../registry/index.js';
 import { decodeUplink } from '../thing-model/index.js';
-import { parseUplinkTopic } from '../transport/topic.js';
+import { parseUplinkTopic } from '../thing-model/topic.js';
 import type { Transport, UplinkRoute } from '../types.js';
 
 export interface CommandResult {

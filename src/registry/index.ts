@@ -55,7 +55,7 @@ export interface ProductSource {
   devices?: unknown;
 }
 
-// Keys end up in topics (/sys/{productKey}/{deviceName}/...): the same alphabet src/transport/topic.ts accepts.
+// Keys end up in topics (/sys/{productKey}/{deviceName}/...): the same alphabet src/thing-model/topic.ts accepts.
 const TOPIC_NAME = { re: /^[A-Za-z0-9_.:@\-]{1,64}$/, what: 'a name of 1-64 letters, digits or _ . : @ -' };
 const IMEI = { re: /^\d{15}$/, what: 'a 15-digit IMEI' };
 const ICCID = { re: /^\d{18,19}[\dFf]$/, what: 'a 19-20 digit ICCID' };

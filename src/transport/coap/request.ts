@@ -2,7 +2,7 @@
 // options, path, method and size. Each check is one named step (ARCHITECTURE.md convention 5).
 
 import type { ParsedPacket } from 'coap-packet';
-import { parseUplinkTopic } from '../topic.js';
+import { parseUplinkTopic } from '../../thing-model/topic.js';
 import type { UplinkRoute } from '../../types.js';
 import {
   isUnsupportedCritical,
@@ -62,7 +62,7 @@ const checkCriticalOptions: Step = (f) => {
 const checkProxy: Step = (f) =>
   f.proxy ? { kind: 'respond', response: errorResponse('5.05', 'proxying not supported', 0) } : undefined;
 
-/** The path must be /topic/sys/{pk}/{dn}/<uplink> (src/transport/topic.ts); anything else is 4.04. */
+/** The path must be /topic/sys/{pk}/{dn}/<uplink> (src/thing-model/topic.ts); anything else is 4.04. */
 const checkPath: Step = (f) => {
   const segs = f.segments;
   if (segs.length < 2 || segs[0] !== TOPIC_PREFIX_SEGMENT) {

@@ -13,7 +13,7 @@ import { WanwuError, type ErrorCode } from '../../errors.js';
 import type { Registry } from '../../registry/index.js';
 import { parseMqttLogin, verifySign } from '../../registry/sign.js';
 import type { IngestHandler, IngestOutcome, Logger, RawMessage } from '../../types.js';
-import { parseUplinkTopic, replyTopic } from '../topic.js';
+import { parseUplinkTopic, replyTopic } from '../../thing-model/topic.js';
 
 export interface MqttAccount {
   username: string;

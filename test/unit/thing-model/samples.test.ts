@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { loadRegistry } from '../../../src/registry/index.js';
 import { decodeUplink } from '../../../src/thing-model/index.js';
-import { parseUplinkTopic } from '../../../src/transport/topic.js';
+import { parseUplinkTopic } from '../../../src/thing-model/topic.js';
 
 const registry = loadRegistry(fileURLToPath(new URL('../../../devices', import.meta.url)));
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseUplinkTopic, replyTopic, topicOwner } from '../../../src/transport/topic.js';
+import { parseUplinkTopic, replyTopic, topicOwner } from '../../../src/thing-model/topic.js';
 
 describe('Alink uplink topics', () => {
   it('property post', () => {

@@ -1,4 +1,5 @@
-// Alink uplink topics (ARCHITECTURE.md "External contract"), shared by the CoAP and MQTT listeners.
+// Alink uplink topics (ARCHITECTURE.md "External contract"): part of the thing model's protocol, used by
+// both listeners (to route a packet) and by dead-letter replay (to route it again).
 //   /sys/{productKey}/{deviceName}/thing/event/property/post
 //   /sys/{productKey}/{deviceName}/thing/event/{eventId}/post
 //   /sys/{productKey}/{deviceName}/thing/model/up_raw
