@@ -60,7 +60,10 @@ export class Mosquitto {
     const persistence = this.opts.persistence
       ? ['persistence true', `persistence_location ${this.dir}/`, `persistence_file mosquitto-${this.port}.db`]
       : ['persistence false'];
-    writeFileSync(conf, [`listener ${this.port} 127.0.0.1`, 'allow_anonymous true', ...persistence, 'log_dest stderr', ''].join('\n'));
+    // No cap on messages queued for an offline persistent session (mosquitto's default of 1000 would
+    // drop a backlog delivered while a test's application is still reconnecting).
+    const lines = [`listener ${this.port} 127.0.0.1`, 'allow_anonymous true', 'max_queued_messages 0', ...persistence, 'log_dest stderr', ''];
+    writeFileSync(conf, lines.join('\n'));
     const proc = spawn(this.binary, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
     proc.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
     proc.stdout!.on('data', (d: Buffer) => (this.log += d.toString()));
