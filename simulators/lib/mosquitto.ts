@@ -63,6 +63,9 @@ export class Mosquitto {
     // No cap on messages queued for an offline persistent session (mosquitto's default of 1000 would
     // drop a backlog delivered while a test's application is still reconnecting).
     const lines = [`listener ${this.port} 127.0.0.1`, 'allow_anonymous true', 'max_queued_messages 0', ...persistence, 'log_dest stderr', ''];
+    // Started as root, mosquitto drops to the "mosquitto" user, which cannot write its persistence
+    // file into our private temp folder: keep the starting user.
+    if (process.getuid?.() === 0) lines.unshift('user root');
     writeFileSync(conf, lines.join('\n'));
     const proc = spawn(this.binary, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
     proc.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
