@@ -2,11 +2,10 @@
 // or debugging a product definition. Decode prints the normalized record(s) a gateway would forward;
 // encode prints the bytes a device would send.
 
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { asWanwuError, WanwuError } from '../errors.js';
 import { toRecords } from '../pipeline.js';
-import { createProduct, loadRegistry, type Product } from '../registry/index.js';
+import { createProduct, loadRegistry, readProductSource, type Product } from '../registry/index.js';
 import { decodeUplink } from '../thing-model/index.js';
 import { parseUplinkTopic } from '../thing-model/topic.js';
 import type { Transport, UplinkRoute } from '../types.js';
@@ -101,14 +100,10 @@ function withFPort(devicesDir: string, productKey: string, fport: string): Produ
   productOf(devicesDir, productKey); // refuses unknown products and broken folders with the usual errors
   const fPort = Number(fport);
   if (!Number.isInteger(fPort) || fPort < 0 || fPort > 255) throw new WanwuError('WANWU_ERR_CONFIG', '--fport must be an integer 0-255');
-  const dir = path.join(devicesDir, productKey);
-  const read = (file: string) => {
-    const f = path.join(dir, file);
-    return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as unknown) : null;
-  };
-  const product = read('product.json') as { codec?: { type?: string } };
+  const src = readProductSource(devicesDir, productKey);
+  const product = src.product as { codec?: { type?: string } };
   if (product.codec?.type !== 'script') throw new WanwuError('WANWU_ERR_CONFIG', `--fport applies to script codecs; ${productKey} uses ${product.codec?.type}`);
-  return createProduct({ dir, product: { ...product, codec: { ...product.codec, fPort } }, model: read('model.json'), devices: read('devices.json') });
+  return createProduct({ ...src, product: { ...product, codec: { ...product.codec, fPort } } });
 }
 
 function firstDevice(product: Product): string {

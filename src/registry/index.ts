@@ -149,12 +149,7 @@ export function inspectProducts(devicesDir: string): ProductReport {
   for (const folder of names) {
     const dir = path.join(shown, folder);
     try {
-      const product = createProduct({
-        dir,
-        product: readJson(path.join(devicesDir, folder, 'product.json'), path.join(dir, 'product.json'), true),
-        model: readJson(path.join(devicesDir, folder, 'model.json'), path.join(dir, 'model.json'), false),
-        devices: readJson(path.join(devicesDir, folder, 'devices.json'), path.join(dir, 'devices.json'), false),
-      }, (line) => report.warnings.push(line));
+      const product = createProduct(readProductSource(devicesDir, folder), (line) => report.warnings.push(line));
       // NB-IoT platforms identify devices by IMEI: one IMEI must not name two devices.
       let i = 0;
       for (const d of product.devices.values()) {
@@ -189,6 +184,17 @@ export function loadRegistry(devicesDir: string): Registry {
     product: (productKey: string) => byKey.get(productKey),
     device: (productKey: string, deviceName: string) => byKey.get(productKey)?.devices.get(deviceName),
   });
+}
+
+/** The JSON files of one product folder, read and parsed (not yet checked). Throws WANWU_ERR_PRODUCT. */
+export function readProductSource(devicesDir: string, folder: string): ProductSource {
+  const dir = path.join(displayPath(devicesDir), folder);
+  return {
+    dir,
+    product: readJson(path.join(devicesDir, folder, 'product.json'), path.join(dir, 'product.json'), true),
+    model: readJson(path.join(devicesDir, folder, 'model.json'), path.join(dir, 'model.json'), false),
+    devices: readJson(path.join(devicesDir, folder, 'devices.json'), path.join(dir, 'devices.json'), false),
+  };
 }
 
 /** Parsed JSON, or null when an optional file is absent. */
