@@ -75,7 +75,14 @@ export function buildStatus(s: StatusSources, http: { address: string; port: num
       lastErrorAt: buffer.lastErrorAt,
     },
     upstreams: s.upstreams(),
+    // For load tests (wanwu-sim connections reads memory per session from here) and operators.
+    process: processFigures(),
   };
+}
+
+function processFigures() {
+  const m = process.memoryUsage();
+  return { pid: process.pid, rssBytes: m.rss, heapUsedBytes: m.heapUsed, externalBytes: m.external };
 }
 
 /** A prom-client registry whose metrics are sampled from the stages at scrape time. */
