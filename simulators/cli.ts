@@ -10,7 +10,7 @@ import { holdConnections, loopbackAddresses, statusMemory } from './lib/connecti
 import { runFleet, type FleetOptions, type RunResult } from './lib/fleet.js';
 import { parseEcl } from './lib/link-model.js';
 import { parseCount, parseDuration, parseFraction, parsePositive, readProfile } from './lib/options.js';
-import { createProgress } from './lib/progress.js';
+import { createCountProgress, createProgress } from './lib/progress.js';
 import { provisionDevices } from './lib/provision.js';
 import { runRamp, formatRamp } from './lib/ramp.js';
 import { formatRun, parseLoss, table, verdict, writeReport } from './lib/report.js';
@@ -211,7 +211,7 @@ export async function main(argv: string[]): Promise<number> {
       const devices = registry.products.flatMap((p) => [...p.devices.values()]);
       const count = parseCount(String(o.count), 'count');
       const status = typeof o.status === 'string' && o.status !== '' ? o.status : null;
-      const progress = createProgress({ enabled: true, label: 'connections' });
+      const progress = createCountProgress({ label: 'sessions opened', total: count });
       const result = await holdConnections({
         mqtt: String(o.mqtt),
         devices,
@@ -221,7 +221,7 @@ export async function main(argv: string[]): Promise<number> {
         holdMs: parseDuration(String(o.hold), 'hold'),
         keepaliveS: parseCount(String(o.keepalive), 'keepalive'),
         ...(status ? { gatewayMemory: statusMemory(status) } : {}),
-        onProgress: (p) => progress.update({ elapsedS: p.opened + p.failed, durationS: p.target, sent: p.opened + p.failed, acked: p.opened, errors: p.failed, ratePerS: 0, p99Ms: 0 }),
+        onProgress: (p) => progress.update(p.opened + p.failed, p.failed),
       });
       progress.stop();
       const kib = (b: number) => (b / 1024).toFixed(1);

@@ -96,6 +96,8 @@ export interface RunResult {
   errors: Record<string, number>;
   retransmissions: number;
   faults: Record<string, number>;
+  /** Messages sent that the gateway should refuse: invalid and malformed ones, and duplicates of those. */
+  refusalsExpected: number;
   /** Messages refused although they were generated valid (a gateway or generator bug worth a look). */
   unexpectedRefusals: number;
   /** The first few of those: product, device, the answer, and the payload in hex. */
@@ -171,6 +173,7 @@ export class Fleet {
   private inFlight = 0;
   private running = false;
   private unexpectedRefusals = 0;
+  private refusalsExpected = 0;
   private readonly unexpectedSamples: RunResult['unexpectedSamples'] = [];
 
   constructor(private readonly opts: FleetOptions) {
@@ -318,6 +321,7 @@ export class Fleet {
     const pk = d.product.productKey;
     stats.sent++;
     if (msg.fault !== 'none') stats.fault(msg.fault);
+    if (msg.records === 0) this.refusalsExpected++;
     const sentAt = performance.now();
     if (msg.records > 0) this.watch?.expect(pk, d.deviceName, msg.records, sentAt);
     this.inFlight++;
@@ -377,6 +381,8 @@ export class Fleet {
       awaited = d.awaitingRawReplies.shift();
     }
     if (reply.code === 200) return;
+    // The PUBACK came first and was counted as acknowledged; the reply says the gateway refused it.
+    this.stats.acked--;
     this.stats.error(`alink-${reply.code}`);
     if (awaited !== undefined && awaited.records > 0) {
       this.refusedValid(d, `alink-${reply.code}`, reply.message, awaited.payload);
@@ -420,6 +426,7 @@ export class Fleet {
       errors: Object.fromEntries([...s.errors].sort()),
       retransmissions: s.retransmissions,
       faults: Object.fromEntries(s.faults),
+      refusalsExpected: this.refusalsExpected,
       unexpectedRefusals: this.unexpectedRefusals,
       unexpectedSamples: this.unexpectedSamples,
       unanswered: this.inFlight,

@@ -47,3 +47,29 @@ export function createProgress(opts: { enabled: boolean; label: string; stream?:
     },
   };
 }
+
+/** A count towards a total (sessions opened): a bar on a terminal, a line every 10% otherwise. */
+export function createCountProgress(opts: { label: string; total: number; stream?: NodeJS.WriteStream }): { update(done: number, failed: number): void; stop(): void } {
+  const stream = opts.stream ?? process.stderr;
+  if (!stream.isTTY) {
+    let nextTenth = 1;
+    return {
+      update(done, failed) {
+        if (done < (opts.total * nextTenth) / 10) return;
+        while (done >= (opts.total * nextTenth) / 10) nextTenth++;
+        stream.write(`${opts.label} ${done}/${opts.total} (failed ${failed})\n`);
+      },
+      stop() {},
+    };
+  }
+  const bar = new cliProgress.SingleBar({ stream, format: `${opts.label} [{bar}] {value}/{total} | failed {failed}`, hideCursor: true }, cliProgress.Presets.shades_classic);
+  bar.start(opts.total, 0, { failed: 0 });
+  return {
+    update(done, failed) {
+      bar.update(done, { failed });
+    },
+    stop() {
+      bar.stop();
+    },
+  };
+}

@@ -33,16 +33,11 @@ export function verdict(result: RunResult, maxLoss: number): Verdict {
     }
   }
   if (result.sent > 0) {
-    const failed = result.sent - result.acked - faultCount(result);
+    const failed = result.sent - result.acked - result.refusalsExpected;
     const ratio = Math.max(0, failed) / result.sent;
     if (ratio > maxLoss) reasons.push(`${Math.max(0, failed)} of ${result.sent} messages were not acknowledged (${pct(ratio)}), above --max-loss ${pct(maxLoss)}`);
   }
   return { pass: reasons.length === 0, reasons };
-}
-
-/** Messages sent as refused-by-design faults (invalid, malformed): not acknowledging them is right. */
-function faultCount(r: RunResult): number {
-  return (r.faults.invalid ?? 0) + (r.faults.malformed ?? 0);
 }
 
 function pct(x: number): string {
@@ -76,6 +71,7 @@ export function formatRun(result: RunResult, v: Verdict): string {
     ...Object.entries(result.errors).map(([code, n]) => [`  ${code}`, String(n)]),
     ['retransmissions', String(result.retransmissions)],
     ...Object.entries(result.faults).map(([kind, n]) => [`faults sent: ${kind}`, String(n)]),
+    ['refusals expected (faults)', String(result.refusalsExpected)],
     ['refused although valid', String(result.unexpectedRefusals)],
     ['unanswered at the end', String(result.unanswered)],
     ['throughput mean (ack/s)', String(result.throughput.meanPerS)],

@@ -85,7 +85,10 @@ export class RateSeries {
 /** The counters of one run, shared by every simulated device and the upstream watcher. */
 export class RunStats {
   sent = 0;
-  /** Acknowledged with success (CoAP 2.xx, MQTT PUBACK with a 200 reply or QoS 1 PUBACK). */
+  /**
+   * Accepted by the gateway: CoAP 2.xx; MQTT PUBACK (QoS 1) or written (QoS 0), less those an Alink
+   * reply then refused (MQTT 3.1.1 cannot refuse a PUBLISH, so the refusal follows the PUBACK).
+   */
   acked = 0;
   /** Refused or failed, by code (CoAP response code, Alink reply code, `timeout`, `connect`...). */
   readonly errors = new Map<string, number>();

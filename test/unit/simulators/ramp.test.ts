@@ -15,7 +15,7 @@ function fakeGateway(capacity: number) {
     const durationS = o.durationMs / 1000;
     return {
       fleet: o.fleet, durationS, sent: Math.round(rate * durationS), acked: Math.round(achieved * durationS), errors: {}, retransmissions: 0,
-      faults: {}, unexpectedRefusals: 0, unexpectedSamples: [], unanswered: 0, throughput: { meanPerS: achieved, peakPerS: achieved, perSecond: [] },
+      faults: {}, refusalsExpected: 0, unexpectedRefusals: 0, unexpectedSamples: [], unanswered: 0, throughput: { meanPerS: achieved, peakPerS: achieved, perSecond: [] },
       ackLatencyMs: lat.summary(), endToEnd: null,
     };
   };

@@ -13,6 +13,7 @@ function result(over: Partial<RunResult> = {}): RunResult {
     errors: {},
     retransmissions: 0,
     faults: {},
+    refusalsExpected: 0,
     unexpectedRefusals: 0,
     unexpectedSamples: [],
     unanswered: 0,
@@ -96,9 +97,10 @@ describe('--max-loss and the verdict', () => {
     expect(verdict(result({ endToEnd: e2e }), 0.001).pass).toBe(true);
   });
 
-  it('counts unacknowledged messages as loss, except the faults sent on purpose', () => {
+  it('counts unacknowledged messages as loss, except those sent to be refused', () => {
     expect(verdict(result({ acked: 990 }), 0).pass).toBe(false);
-    expect(verdict(result({ acked: 990, faults: { invalid: 6, malformed: 4 } }), 0).pass).toBe(true);
+    expect(verdict(result({ acked: 990, faults: { invalid: 6, malformed: 4 }, refusalsExpected: 10 }), 0).pass).toBe(true);
+    expect(verdict(result({ acked: 990, faults: { invalid: 6, malformed: 4 }, refusalsExpected: 9 }), 0).pass).toBe(false);
     expect(verdict(result({ acked: 990, faults: { duplicate: 10 } }), 0).pass).toBe(false);
   });
 
