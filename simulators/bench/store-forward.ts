@@ -1,6 +1,7 @@
 // Store-and-forward benchmark, against a real mosquitto on loopback:
-//   append   - buffer appends with sync "full" group commit, next to bare better-sqlite3 batched
-//              inserts of the same rows in the same run (target >= 200k records/s, ratio >= 0.7)
+//   append   - buffer appends with sync "full" group commit from 2,000 devices that each append their
+//              next record once the previous is durable, next to bare better-sqlite3 batched inserts
+//              of the same rows in the same run (target >= 200k records/s, ratio >= 0.7)
 //   forward  - draining a backlog to mosquitto as single QoS 1 messages (>= 30k/s) and as
 //              json-batch (>= 150k/s)
 //   drain    - a backlog built at a steady ingest rate while the upstream is down drains at
@@ -76,10 +77,29 @@ async function fill(buffer: RecordBuffer, total: number, perTurn: number): Promi
   return (total * 1000) / elapsed;
 }
 
+/**
+ * Appends `total` records as a fleet of `devices` would: each device appends its next record as soon as
+ * its previous one is durable (acknowledged), and the devices start over a few event-loop turns, as
+ * real arrivals are spread out. Records are made beforehand, so the figure is the buffer's cost.
+ * Returns records/s.
+ */
+async function fillAsDevices(buffer: RecordBuffer, total: number, devices: number): Promise<number> {
+  const records = Array.from({ length: total }, (_, i) => sampleRecord(i));
+  let next = 0;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: devices }, async (_, d) => {
+      for (let k = 0; k < d % 4; k++) await new Promise((r) => setImmediate(r));
+      while (next < total) await buffer.append([records[next++]!]);
+    }),
+  );
+  return (total * 1000) / (performance.now() - start);
+}
+
 export async function benchAppend(dir: string, records: number): Promise<BenchFigure[]> {
   const perTurn = 1000;
   const buffer = await openBuffer(dir, 'append', ['x']);
-  const ours = await fill(buffer, records, perTurn);
+  const ours = await fillAsDevices(buffer, records, 2000);
   await buffer.stop();
 
   // Bare better-sqlite3: the same table, the same rows serialized the same way, one INSERT per row
@@ -99,7 +119,7 @@ export async function benchAppend(dir: string, records: number): Promise<BenchFi
   db.close();
   const ratio = Math.round((ours / bare) * 100) / 100;
   return [
-    { name: 'buffer append (sync full, group commit)', value: Math.round(ours), unit: 'records/s', target: '>= 200,000', met: ours >= 200_000 },
+    { name: 'buffer append (sync full, group commit, 2,000 devices)', value: Math.round(ours), unit: 'records/s', target: '>= 200,000', met: ours >= 200_000 },
     { name: 'bare better-sqlite3 batched inserts', value: Math.round(bare), unit: 'records/s' },
     { name: 'append ratio wanwu/bare', value: ratio, unit: 'x', target: '>= 0.7', met: ratio >= 0.7 },
   ];

@@ -1,10 +1,13 @@
 // The local SQLite buffer (outbox): records are committed here before the device is acknowledged, and
 // read back by the forwarders, each from its own cursor. Rejected payloads go to the dead-letter table.
 //
-// Group commit: append() and deadLetter() queue their rows and return a promise; every row queued during
-// one turn of the event loop is written in a single transaction at setImmediate time, then all the
-// promises settle together. One fsync serves every device that spoke in that turn, so the commit cost
-// per message falls as load rises while no device is acknowledged before its row is durable.
+// Group commit: append() and deadLetter() queue their rows and return a promise; everything queued is
+// written in a single transaction by the writer thread (writer.ts), then all the promises settle
+// together. Two commits may be under way (one being written, the next waiting in the writer), so the
+// main thread prepares a batch while the previous one is written; what arrives meanwhile forms the
+// next batch. One fsync serves every device that spoke in that time, the commit cost per message falls
+// as load rises, and no device is acknowledged before its row is durable. The main thread's own
+// connection reads (forwarders, status) and does the once-a-second housekeeping.
 //
 // The records table always holds one contiguous run of sequence numbers [first, last]: rows leave only
 // from the head (forwarded to every upstream, dropped when full, or expired), so counts are arithmetic.
@@ -19,7 +22,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { WanwuError } from '../errors.js';
 import type { Logger, Stage, TelemetryRecord, Transport } from '../types.js';
-import { recordJson } from './record-json.js';
+import { CommitError, SQL, SqliteWriter, type CommitBatch } from './writer.js';
 
 export type WhenFull = 'reject-new' | 'drop-oldest';
 
@@ -41,6 +44,8 @@ export interface BufferOptions {
   ttlS?: number | null;
   /** How often fully forwarded and expired records are deleted, in ms. */
   pruneIntervalMs?: number;
+  /** How long a statement waits for the other connection's write lock, in ms. Default 5000. */
+  busyTimeoutMs?: number;
   now?: () => number;
 }
 
@@ -193,8 +198,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 `;
 
-/** Records inserted per multi-row INSERT statement (the rest of a batch goes one by one). */
-const ROWS_PER_INSERT = 16;
+/** Commits handed to the writer at once: one being written while the main thread prepares the next. */
+const COMMITS_IN_FLIGHT = 2;
+/** A batch this large goes to the writer at once rather than at the end of the event-loop turn. */
+const EARLY_FLUSH_RECORDS = 512;
 /** Rows deleted per statement when pruning, dropping or expiring, so one call never stalls the loop long. */
 const DELETE_CHUNK = 20_000;
 /** Free space kept for reuse before incremental vacuum gives the rest back to the file system. */
@@ -211,6 +218,13 @@ class SqliteBuffer implements RecordBuffer {
   private statements: ReturnType<SqliteBuffer['prepare']> | null = null;
   private pending: Pending = emptyPending();
   private flushScheduled = false;
+  private writer: SqliteWriter | null = null;
+  /** The commit under way, and the records and bytes it carries (counted against the limits). */
+  private readonly committing = new Set<Promise<void>>();
+  private committingCount = 0;
+  private committingBytes = 0;
+  /** A commit under way deletes records (drop-oldest): the next one waits, as its range depends on it. */
+  private dropCommitting = false;
   private readonly cursors = new Map<string, number>();
   private readonly dirtyCursors = new Set<string>();
   private readonly losses = new Map<string, { dropped: number; expired: number }>();
@@ -266,7 +280,7 @@ class SqliteBuffer implements RecordBuffer {
       }
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${this.opts.sync === 'full' ? 'FULL' : 'NORMAL'}`);
-      db.pragma('busy_timeout = 5000');
+      db.pragma(`busy_timeout = ${this.opts.busyTimeoutMs ?? 5000}`);
       // Checkpoints truncate the WAL back to this size, so a burst does not leave a large file behind.
       db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`);
       db.exec(SCHEMA);
@@ -288,6 +302,14 @@ class SqliteBuffer implements RecordBuffer {
     const stored = new Map((st.allCursors.all() as Array<{ upstream: string; seq: number }>).map((c) => [c.upstream, c.seq]));
     // A new upstream starts at the oldest record still stored, so it receives the whole backlog.
     for (const name of this.opts.upstreams) this.cursors.set(name, Math.max(stored.get(name) ?? 0, this.first - 1));
+    try {
+      this.writer = await SqliteWriter.open({ path: this.opts.path, sync: this.opts.sync, busyTimeoutMs: this.opts.busyTimeoutMs ?? 5000 });
+    } catch (err) {
+      this.db?.close();
+      this.db = null;
+      this.statements = null;
+      throw new WanwuError('WANWU_ERR_STORAGE', `cannot open the buffer writer on ${this.opts.path}: ${(err as Error).message}`, { cause: err });
+    }
     this.pruneTimer = setInterval(() => this.maintain(), this.opts.pruneIntervalMs ?? 1000);
     this.pruneTimer.unref();
   }
@@ -296,7 +318,15 @@ class SqliteBuffer implements RecordBuffer {
     if (!this.db) return;
     if (this.pruneTimer) clearInterval(this.pruneTimer);
     this.pruneTimer = null;
-    this.flush();
+    // Everything queued is committed (or fails) before the connections close.
+    while (this.committing.size > 0 || this.pending.settled !== null || this.dirtyCursors.size > 0) {
+      if (this.committing.size === 0) this.flush();
+      if (this.committing.size === 0) break;
+      await Promise.all(this.committing);
+    }
+    await this.writer?.close();
+    this.writer = null;
+    if (!this.db) return;
     this.maintain();
     try {
       this.db.pragma('wal_checkpoint(TRUNCATE)');
@@ -310,22 +340,23 @@ class SqliteBuffer implements RecordBuffer {
 
   append(records: readonly TelemetryRecord[]): Promise<void> {
     if (!this.db) return Promise.reject(new WanwuError('WANWU_ERR_STORAGE', 'the buffer is not open'));
-    const rows = new Array<string | number>(records.length * 3);
+    // Straight into the pending batch (the hot path allocates only the JSON and the route), taken
+    // back out if reject-new refuses.
+    const rows = this.pending.rows;
+    const mark = rows.length;
     let bytes = 0;
     for (let i = 0; i < records.length; i++) {
       const r = records[i]!;
-      const body = recordJson(r);
-      rows[i * 3] = routeOf(r);
-      rows[i * 3 + 1] = r.receivedAt;
-      rows[i * 3 + 2] = body;
+      const body = JSON.stringify(r);
+      rows.push(routeOf(r), r.receivedAt, body);
       bytes += body.length + ROW_OVERHEAD;
     }
     if (this.whenFull === 'reject-new' && this.wouldOverflow(records.length, bytes)) {
+      rows.length = mark;
       this.refused += records.length;
       return Promise.reject(new WanwuError('WANWU_ERR_BUFFER_FULL', `the buffer is full (${this.limitText()}); retry later`));
     }
     return this.enqueue((p) => {
-      for (let i = 0; i < rows.length; i++) p.rows.push(rows[i]!);
       p.count += records.length;
       p.bytes += bytes;
     });
@@ -444,8 +475,8 @@ class SqliteBuffer implements RecordBuffer {
 
   /** True when adding `count` records of about `bytes` would pass a limit. */
   private wouldOverflow(count: number, bytes: number): boolean {
-    if (this.maxRecords !== null && this.recordCount() + this.pending.count + count > this.maxRecords) return true;
-    if (this.maxBytes !== null && this.usedBytes + this.pending.bytes + bytes > this.maxBytes) return true;
+    if (this.maxRecords !== null && this.recordCount() + this.committingCount + this.pending.count + count > this.maxRecords) return true;
+    if (this.maxBytes !== null && this.usedBytes + this.committingBytes + this.pending.bytes + bytes > this.maxBytes) return true;
     return false;
   }
 
@@ -506,9 +537,12 @@ class SqliteBuffer implements RecordBuffer {
   private enqueue(add: (p: Pending) => void): Promise<void> {
     if (!this.db) return Promise.reject(new WanwuError('WANWU_ERR_STORAGE', 'the buffer is not open'));
     add(this.pending);
-    this.pending.settled ??= settlement();
-    this.scheduleFlush();
-    return this.pending.settled.promise;
+    const settled = (this.pending.settled ??= settlement());
+    // A burst (many devices answered by one commit speak again at once) is cut into batches the writer
+    // can start on while the rest is still being prepared, instead of one batch at the end of the turn.
+    if (this.pending.count >= EARLY_FLUSH_RECORDS && this.committing.size < COMMITS_IN_FLIGHT) this.flush();
+    else this.scheduleFlush();
+    return settled.promise;
   }
 
   private scheduleFlush(): void {
@@ -521,66 +555,99 @@ class SqliteBuffer implements RecordBuffer {
   private overflowToDrop(batch: Pending): number {
     if (this.whenFull !== 'drop-oldest') return 0;
     let drop = 0;
-    if (this.maxRecords !== null) drop = Math.max(drop, this.recordCount() + batch.count - this.maxRecords);
+    if (this.maxRecords !== null) drop = Math.max(drop, this.recordCount() + this.committingCount + batch.count - this.maxRecords);
     if (this.maxBytes !== null) {
-      const over = this.usedBytes + batch.bytes - this.maxBytes;
+      const over = this.usedBytes + this.committingBytes + batch.bytes - this.maxBytes;
       if (over > 0) drop = Math.max(drop, Math.ceil(over / this.bytesPerRecord()));
     }
     return Math.min(drop, this.recordCount());
   }
 
-  /** Writes everything queued in one transaction, then settles every waiter. */
+  /**
+   * Hands everything queued to the writer as one transaction, then settles every waiter. While a
+   * commit is under way new work waits: the commit's end flushes again, so batches grow with load.
+   */
   private flush(): void {
     this.flushScheduled = false;
+    if (this.committing.size >= COMMITS_IN_FLIGHT || this.dropCommitting) return;
     const batch = this.pending;
     if (batch.settled === null && this.dirtyCursors.size === 0) return;
+    const drop = this.overflowToDrop(batch);
+    // Which records a drop deletes depends on every earlier commit: it goes alone.
+    if (drop > 0 && this.committing.size > 0) return;
     this.pending = emptyPending();
-    const st = this.statements;
-    if (!st) {
-      const err = new WanwuError('WANWU_ERR_STORAGE', 'the buffer is closed');
-      batch.settled?.reject(err);
+    const writer = this.writer;
+    if (!writer || !this.statements) {
+      batch.settled?.reject(new WanwuError('WANWU_ERR_STORAGE', 'the buffer is closed'));
       return;
     }
-    const drop = this.overflowToDrop(batch);
     const dropThrough = this.first + drop - 1;
     const lossByUpstream = drop > 0 ? this.lossesThrough(dropThrough) : null;
     if (drop > 0) this.opts.logger.warn({ dropped: drop, through: dropThrough }, 'buffer full: dropping the oldest records');
     if (lossByUpstream) for (const name of lossByUpstream.keys()) this.dirtyCursors.add(name);
     const cursorUpdates = [...this.dirtyCursors].map((name) => [name, Math.max(this.cursors.get(name)!, lossByUpstream?.has(name) ? dropThrough : 0)] as const);
     this.dirtyCursors.clear();
-    let lastSeq = this.last;
-    try {
-      st.commit(batch, cursorUpdates, drop > 0 ? dropThrough : 0);
-      if (batch.count > 0) lastSeq = st.lastSeq.pluck().get() as number;
-    } catch (err) {
-      this.commitErrors++;
-      this.failing = true;
-      this.lastError = (err as Error).message;
-      this.lastErrorAt = new Date(this.now()).toISOString();
-      // The rows are not durable: nobody is acknowledged, devices retry. Cursor moves are re-queued.
-      for (const [name] of cursorUpdates) this.dirtyCursors.add(name);
-      const error = new WanwuError('WANWU_ERR_STORAGE', `buffer commit failed: ${(err as Error).message}`, { cause: err });
-      this.opts.logger.error({ err: error.message, code: error.code, sqlite: (err as { code?: string }).code }, 'buffer commit failed');
-      batch.settled?.reject(error);
-      return;
-    }
+    const work: CommitBatch = { rows: batch.rows, deadLetters: batch.deadLetters, cursorUpdates, dropThrough: drop > 0 ? dropThrough : 0 };
+    this.committingCount += batch.count;
+    this.committingBytes += batch.bytes;
+    this.dropCommitting = drop > 0;
+    const commit: Promise<void> = writer
+      .commit(work)
+      .then(
+        (lastSeq) => this.committed(batch, cursorUpdates, drop, dropThrough, lossByUpstream, lastSeq),
+        (err: unknown) => this.commitFailed(batch, cursorUpdates, err),
+      )
+      .finally(() => {
+        this.committing.delete(commit);
+        this.committingCount -= batch.count;
+        this.committingBytes -= batch.bytes;
+        if (drop > 0) this.dropCommitting = false;
+        // Waiting devices go next at once; cursor moves alone wait for the next append or tick, so a
+        // failing disk is not retried in a tight loop.
+        if (this.pending.settled !== null) this.flush();
+        else if (this.dirtyCursors.size > 0 && !this.failing) this.scheduleFlush();
+      });
+    this.committing.add(commit);
+  }
+
+  private committed(
+    batch: Pending,
+    cursorUpdates: ReadonlyArray<readonly [string, number]>,
+    drop: number,
+    dropThrough: number,
+    lossByUpstream: Map<string, number> | null,
+    lastSeq: number,
+  ): void {
     if (this.failing) this.opts.logger.info({}, 'buffer commits succeed again');
     this.failing = false;
     this.commits++;
     this.committedRecords += batch.count;
     this.deadLetterCount += batch.deadLetters.length;
-    for (const [name, seq] of cursorUpdates) this.cursors.set(name, seq);
+    for (const [name, seq] of cursorUpdates) this.cursors.set(name, Math.max(this.cursors.get(name) ?? 0, seq));
     if (lossByUpstream) {
       this.dropped += undeliveredCount(lossByUpstream);
       for (const [name, n] of lossByUpstream) this.losses.get(name)!.dropped += n;
     }
-    if (drop > 0) this.first = dropThrough + 1;
-    this.last = lastSeq;
+    if (drop > 0) this.first = Math.max(this.first, dropThrough + 1);
+    if (batch.count > 0) this.last = Math.max(this.last, lastSeq);
     if (batch.count > 0 || drop > 0) this.refreshUsedBytes();
     batch.settled?.resolve();
     if (batch.count > 0) {
       for (const listener of this.listeners) listener();
     }
+  }
+
+  private commitFailed(batch: Pending, cursorUpdates: ReadonlyArray<readonly [string, number]>, err: unknown): void {
+    this.commitErrors++;
+    this.failing = true;
+    this.lastError = (err as Error).message;
+    this.lastErrorAt = new Date(this.now()).toISOString();
+    // The rows are not durable: nobody is acknowledged, devices retry. Cursor moves are re-queued.
+    for (const [name] of cursorUpdates) this.dirtyCursors.add(name);
+    const error = new WanwuError('WANWU_ERR_STORAGE', `buffer commit failed: ${(err as Error).message}`, { cause: err });
+    const sqlite = err instanceof CommitError ? err.sqliteCode : undefined;
+    this.opts.logger.error({ err: error.message, code: error.code, sqlite }, 'buffer commit failed');
+    batch.settled?.reject(error);
   }
 
   /** For deleting every record up to `seq`: how many each upstream had not acknowledged yet. */
@@ -649,43 +716,18 @@ class SqliteBuffer implements RecordBuffer {
   }
 
   private prepare(db: Database.Database) {
-    const insertSql = 'INSERT INTO outbox (route, received_at, body) VALUES ';
-    const insertRecord = db.prepare(`${insertSql}(?, ?, ?)`);
-    // Several rows per statement: better-sqlite3's per-call cost is then paid once per ROWS_PER_INSERT
-    // records (about 1.5x the rows/s of one row per statement, measured on this machine).
-    const insertMany = db.prepare(`${insertSql}${Array(ROWS_PER_INSERT).fill('(?, ?, ?)').join(', ')}`);
-    const manyArgs = new Array<unknown>(ROWS_PER_INSERT * 3);
-    const insertDeadLetter = db.prepare(
-      'INSERT INTO dead_letters (received_at, transport, product_key, device_name, topic, peer, code, message, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-    );
-    const upsertCursor = db.prepare(
-      'INSERT INTO cursors (upstream, seq) VALUES (?, ?) ON CONFLICT (upstream) DO UPDATE SET seq = MAX(seq, excluded.seq)',
-    );
-    const deleteThrough = db.prepare('DELETE FROM outbox WHERE seq <= ?');
+    // The hot inserts run in the writer thread (writer.ts); this connection inserts only for replay.
+    const insertRecord = db.prepare(SQL.insertRecord);
+    const upsertCursor = db.prepare(SQL.upsertCursor);
+    const deleteThrough = db.prepare(SQL.deleteThrough);
     const deleteDeadLetter = db.prepare('DELETE FROM dead_letters WHERE id = ?');
-    const commit = db.transaction((batch: Pending, cursorUpdates: ReadonlyArray<readonly [string, number]>, dropThrough: number) => {
-      if (dropThrough > 0) deleteThrough.run(dropThrough);
-      const rows = batch.rows;
-      const width = ROWS_PER_INSERT * 3;
-      let o = 0;
-      for (; o + width <= rows.length; o += width) {
-        for (let k = 0; k < width; k++) manyArgs[k] = rows[o + k];
-        insertMany.run(manyArgs);
-      }
-      for (; o < rows.length; o += 3) insertRecord.run(rows[o], rows[o + 1], rows[o + 2]);
-      for (const d of batch.deadLetters) {
-        insertDeadLetter.run(d.receivedAt, d.transport, d.productKey ?? null, d.deviceName ?? null, d.topic, d.peer, d.code, d.message, d.payload);
-      }
-      for (const [name, seq] of cursorUpdates) upsertCursor.run(name, seq);
-    });
     return {
-      commit,
       deleteThrough,
       expireThrough: db.transaction((through: number, updates: ReadonlyArray<readonly [string, number]>) => {
         deleteThrough.run(through);
         for (const [name, seq] of updates) upsertCursor.run(name, seq);
       }),
-      lastSeq: db.prepare("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)"),
+      lastSeq: db.prepare(SQL.lastSeq),
       firstSeq: db.prepare('SELECT MIN(seq) FROM outbox'),
       firstNotBefore: db.prepare('SELECT seq FROM outbox WHERE seq > ? AND received_at >= ? ORDER BY seq LIMIT 1'),
       readAfter: db.prepare('SELECT seq, route, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?'),
@@ -696,7 +738,7 @@ class SqliteBuffer implements RecordBuffer {
         'SELECT * FROM dead_letters WHERE id > @afterId AND (@productKey IS NULL OR product_key = @productKey) ORDER BY id LIMIT @limit',
       ),
       replaceDeadLetter: db.transaction((id: number, records: readonly TelemetryRecord[]) => {
-        for (const r of records) insertRecord.run(routeOf(r), r.receivedAt, recordJson(r));
+        for (const r of records) insertRecord.run(routeOf(r), r.receivedAt, JSON.stringify(r));
         if (deleteDeadLetter.run(id).changes !== 1) throw new Error(`dead letter ${id} is gone (replayed by someone else?)`);
       }),
       reviseDeadLetter: db.prepare('UPDATE dead_letters SET code = ?, message = ? WHERE id = ?'),

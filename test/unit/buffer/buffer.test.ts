@@ -19,8 +19,8 @@ describe('SQLite buffer (real file)', () => {
     for (const b of buffers.splice(0)) await b.stop();
     for (const d of dirs.splice(0)) d.cleanup();
   });
-  const open = async (path: string, upstreams = ['a', 'b']) => {
-    const b = createBuffer({ path, sync: 'full', logger: silentLogger, upstreams, pruneIntervalMs: 60_000 });
+  const open = async (path: string, upstreams = ['a', 'b'], busyTimeoutMs?: number) => {
+    const b = createBuffer({ path, sync: 'full', logger: silentLogger, upstreams, pruneIntervalMs: 60_000, ...(busyTimeoutMs !== undefined ? { busyTimeoutMs } : {}) });
     await b.start();
     buffers.push(b);
     return b;
@@ -118,12 +118,10 @@ describe('SQLite buffer (real file)', () => {
 
   it('a failed commit rejects every waiter with WANWU_ERR_STORAGE and the buffer keeps working', async () => {
     const path = newPath();
-    const b = await open(path);
-    // Another connection holds the write lock: our commit fails with SQLITE_BUSY after busy_timeout.
+    const b = await open(path, ['a', 'b'], 0);
+    // Another connection holds the write lock: our commit fails with SQLITE_BUSY at once (busy timeout 0).
     const other = new Database(path);
     other.pragma('busy_timeout = 0');
-    const db = (b as unknown as { db: Database.Database }).db;
-    db.pragma('busy_timeout = 0');
     other.exec('BEGIN IMMEDIATE');
     const results = await Promise.allSettled([b.append([record(1)]), b.append([record(2)])]);
     expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);

@@ -107,12 +107,10 @@ describe('buffer limits (real SQLite)', () => {
     const dir = tempDir();
     cleanups.push(() => dir.cleanup());
     const path = join(dir.path, 'w.db');
-    const b = createBuffer({ path, sync: 'normal', logger: silentLogger, upstreams: ['a'] });
+    const b = createBuffer({ path, sync: 'normal', logger: silentLogger, upstreams: ['a'], busyTimeoutMs: 0 });
     await b.start();
     cleanups.push(() => b.stop());
     const Database = (await import('better-sqlite3')).default;
-    const db = (b as unknown as { db: InstanceType<typeof Database> }).db;
-    db.pragma('busy_timeout = 0');
     const other = new Database(path);
     other.exec('BEGIN IMMEDIATE');
     await expect(b.append([record(1)])).rejects.toMatchObject({ code: 'WANWU_ERR_STORAGE' });
