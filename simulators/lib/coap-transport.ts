@@ -301,8 +301,8 @@ export class CoapTransport {
     const mid = slot.nextMid;
     slot.nextMid = (mid + 1) % MESSAGE_IDS;
     // RFC 7252 §5.3.1: a random token, unique among this endpoint's open exchanges.
-    let token = randomBytes(4);
-    while (slot.byToken.has(token.readUInt32BE(0))) token = randomBytes(4);
+    let token = randomToken();
+    while (slot.byToken.has(token.readUInt32BE(0))) token = randomToken();
     const options: Array<{ name: string; value: Buffer }> = [];
     for (const seg of req.path.split('/')) if (seg !== '') options.push({ name: 'Uri-Path', value: Buffer.from(seg) });
     if (req.options) options.push(...req.options);
@@ -450,6 +450,20 @@ export class CoapTransport {
     const r = result(code, ex.retransmissions, performance.now() - ex.t0, p);
     ex.resolve(r);
   }
+}
+
+// Random bytes drawn 4 KiB at a time: one randomBytes call per exchange costs more than the rest
+// of a send at thousands of requests/s.
+let tokenPool = Buffer.alloc(0);
+let tokenAt = 0;
+function randomToken(): Buffer {
+  if (tokenAt + 4 > tokenPool.length) {
+    tokenPool = randomBytes(4096);
+    tokenAt = 0;
+  }
+  const token = tokenPool.subarray(tokenAt, tokenAt + 4);
+  tokenAt += 4;
+  return token;
 }
 
 function tokenKey(token: Buffer): number {
