@@ -59,6 +59,7 @@ import {
   type TslDataType,
   type TslNumberType,
 } from '../../src/thing-model/index.js';
+import { decimalsOf } from '../../src/thing-model/codecs/binary/types.js';
 import type { UplinkRoute } from '../../src/types.js';
 
 export type SimFault = 'none' | 'invalid' | 'malformed' | 'duplicate';
@@ -177,15 +178,6 @@ const ARRAY_CAP = 8;
 /** Six significant digits: the most a float32 gives back as the same decimal. */
 const F32_DIGITS = 999_999;
 
-/** Number of decimal places of n's shortest form (0.001 -> 3, 1e-7 -> 7, 250 -> 0). */
-function decimalsOf(n: number): number {
-  const s = String(Math.abs(n));
-  const e = s.indexOf('e');
-  const mantissa = e < 0 ? s : s.slice(0, e);
-  const exponent = e < 0 ? 0 : Number(s.slice(e + 1));
-  const dot = mantissa.indexOf('.');
-  return Math.max(0, (dot < 0 ? 0 : mantissa.length - dot - 1) - exponent);
-}
 
 /**
  * Values offset + scale × k for integer k in [kLo, kHi], rounded to the decimals of scale and
