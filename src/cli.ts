@@ -6,10 +6,12 @@ import { loadConfig } from './config/index.js';
 import { isWanwuError, WanwuError } from './errors.js';
 import { decodeCommand, encodeCommand, type CommandResult, type DecodeOptions, type EncodeOptions } from './commands/codec-tools.js';
 import { listDeadLetters, replayDeadLetters } from './commands/deadletters.js';
+import { devicesAdd, devicesAudit, devicesImport, devicesList, devicesRotateSecret, devicesSetStatus, type DevicesResult } from './commands/devices.js';
 import { modelsCheck } from './commands/models.js';
 import { createGateway } from './gateway.js';
 import { loadRegistry } from './registry/index.js';
 import { SIGN_METHODS, signMqttLogin, type SignMethod } from './registry/sign.js';
+import { openDeviceStore, registryPaths } from './registry/store.js';
 import type { Logger } from './types.js';
 import { VERSION } from './util/version.js';
 
@@ -38,7 +40,8 @@ export async function main(argv: string[]): Promise<number> {
     .option('--devices <dir>', 'products folder', './devices')
     .option('--method <signmethod>', 'hmacsha256, hmacsha1 or hmacmd5', 'hmacsha256')
     .option('--json', 'print {clientId, username, password} as JSON instead')
-    .action((opts: { product: string; device: string; devices: string; method: string; json?: boolean }) => {
+    .option('-c, --config <file>', "take the device from this configuration's registry (devices added or secrets rotated with `wanwu devices`) instead of --devices")
+    .action((opts: { product: string; device: string; devices: string; method: string; json?: boolean; config?: string }) => {
       exitCode = sign(opts);
     });
 
@@ -114,6 +117,81 @@ export async function main(argv: string[]): Promise<number> {
     }
   };
 
+  // `wanwu devices ...`: the device registry (registry.path of --config / WANWU_CONFIG).
+  const printDevices = (r: DevicesResult) => {
+    process.stdout.write(r.output);
+    if (r.errors) process.stderr.write(r.errors);
+    exitCode = r.exitCode;
+  };
+  const withConfig = (file: string | undefined, run: (config: NonNullable<ReturnType<typeof loadConfigOrFail>>) => DevicesResult) => {
+    const config = loadConfigOrFail(file);
+    if (config) printDevices(run(config));
+  };
+  const configOption = ['-c, --config <file>', 'JSON configuration file (env: WANWU_CONFIG), for registry.path and devicesDir'] as const;
+  const devices = program
+    .command('devices')
+    .description('the device registry: status, secrets (encrypted at rest), IMEI, ICCID, last seen; a running gateway follows changes within a second');
+  devices
+    .command('list')
+    .description('list devices (secrets are never shown)')
+    .option(...configOption)
+    .option('--product <productKey>', 'only this product')
+    .option('--status <status>', 'only enabled or disabled devices')
+    .option('--json', 'print JSON')
+    .action((opts: { config?: string; product?: string; status?: string; json?: boolean }) => withConfig(opts.config, (config) => devicesList({ config }, opts)));
+  devices
+    .command('add')
+    .description('register a device; without --secret one is generated and printed once')
+    .option(...configOption)
+    .requiredOption('--product <productKey>', 'product key (a folder in devicesDir)')
+    .requiredOption('--device <deviceName>', 'device name')
+    .option('--secret <deviceSecret>', 'device secret (default: 32 random hex digits)')
+    .option('--imei <imei>', '15-digit IMEI')
+    .option('--iccid <iccid>', '19-20 digit ICCID of the SIM bound to the device (card binding)')
+    .option('--json', 'print JSON')
+    .action((opts: { config?: string; product: string; device: string; secret?: string; imei?: string; iccid?: string; json?: boolean }) =>
+      withConfig(opts.config, (config) => devicesAdd({ config }, opts)),
+    );
+  devices
+    .command('import')
+    .argument('<file>', 'CSV file with the header productKey,deviceName,deviceSecret,imei,iccid')
+    .description('register the devices of a CSV file; reports added, skipped (already registered) and refused rows with line numbers (exit 2 if any refused)')
+    .option(...configOption)
+    .option('--json', 'print JSON')
+    .action((file: string, opts: { config?: string; json?: boolean }) => withConfig(opts.config, (config) => devicesImport({ config }, file, opts)));
+  for (const status of ['disable', 'enable'] as const) {
+    devices
+      .command(status)
+      .description(status === 'disable' ? 'refuse every message of a device until it is enabled again (no restart needed)' : 'accept a disabled device again')
+      .option(...configOption)
+      .requiredOption('--product <productKey>', 'product key')
+      .requiredOption('--device <deviceName>', 'device name')
+      .option('--json', 'print JSON')
+      .action((opts: { config?: string; product: string; device: string; json?: boolean }) =>
+        withConfig(opts.config, (config) => devicesSetStatus({ config }, status === 'disable' ? 'disabled' : 'enabled', opts)),
+      );
+  }
+  devices
+    .command('rotate-secret')
+    .description('give a device a new secret (generated unless --secret), printed once; the old one stops working')
+    .option(...configOption)
+    .requiredOption('--product <productKey>', 'product key')
+    .requiredOption('--device <deviceName>', 'device name')
+    .option('--secret <deviceSecret>', 'the new secret (default: 32 random hex digits)')
+    .option('--json', 'print JSON')
+    .action((opts: { config?: string; product: string; device: string; secret?: string; json?: boolean }) =>
+      withConfig(opts.config, (config) => devicesRotateSecret({ config }, opts)),
+    );
+  devices
+    .command('audit')
+    .description('print the audit table, newest first: refused cards (card binding) and operator changes')
+    .option(...configOption)
+    .option('--product <productKey>', 'only this product')
+    .option('--device <deviceName>', 'only this device')
+    .option('--limit <n>', 'at most this many', (v) => Number.parseInt(v, 10), 100)
+    .option('--json', 'print JSON')
+    .action((opts: { config?: string; product?: string; device?: string; limit: number; json?: boolean }) => withConfig(opts.config, (config) => devicesAudit({ config }, opts)));
+
   try {
     await program.parseAsync(argv);
   } catch (err) {
@@ -150,19 +228,32 @@ async function start(configFile: string | undefined): Promise<number> {
   });
 }
 
-function sign(opts: { product: string; device: string; devices: string; method: string; json?: boolean }): number {
+function sign(opts: { product: string; device: string; devices: string; method: string; json?: boolean; config?: string }): number {
   try {
     if (!(opts.method in SIGN_METHODS)) {
       throw new WanwuError('WANWU_ERR_CONFIG', `--method must be one of ${Object.keys(SIGN_METHODS).join(', ')}`);
     }
-    const device = loadRegistry(opts.devices).device(opts.product, opts.device);
-    if (!device) throw new WanwuError('WANWU_ERR_UNKNOWN_DEVICE', `no device ${opts.product}/${opts.device} in ${opts.devices}`);
+    const device = opts.config === undefined ? loadRegistry(opts.devices).device(opts.product, opts.device) : registryDevice(opts.config, opts.product, opts.device);
+    if (!device) throw new WanwuError('WANWU_ERR_UNKNOWN_DEVICE', `no device ${opts.product}/${opts.device} in ${opts.config === undefined ? opts.devices : 'the registry'}`);
     const creds = signMqttLogin({ ...device, signMethod: opts.method as SignMethod });
     // Client ids, usernames and hex signs hold no spaces or glob characters, so $(wanwu sign ...) splits cleanly.
     process.stdout.write(opts.json ? `${JSON.stringify(creds)}\n` : `-i ${creds.clientId} -u ${creds.username} -P ${creds.password}\n`);
     return 0;
   } catch (err) {
     return fail(err);
+  }
+}
+
+/** A device with its secret from the registry of a configuration (seeded from devicesDir first, as the gateway does). */
+function registryDevice(configFile: string, productKey: string, deviceName: string): { productKey: string; deviceName: string; deviceSecret: string } | undefined {
+  const config = loadConfig({ file: configFile });
+  const paths = registryPaths(config);
+  const store = openDeviceStore({ path: paths.path, keyFile: paths.keyFile });
+  try {
+    store.seed(loadRegistry(config.devicesDir).products);
+    return store.get(productKey, deviceName);
+  } finally {
+    store.close();
   }
 }
 

@@ -10,7 +10,7 @@
 export type Fault = 'device' | 'config' | 'storage' | 'capacity' | 'upstream' | 'internal';
 
 /** CoAP response codes used for errors (RFC 7252 §5.9, §12.1.2). */
-export type CoapErrorCode = '4.00' | '4.01' | '4.03' | '4.04' | '4.13' | '5.00' | '5.03';
+export type CoapErrorCode = '4.00' | '4.01' | '4.03' | '4.04' | '4.08' | '4.13' | '4.29' | '5.00' | '5.03';
 
 interface CodeInfo {
   fault: Fault;
@@ -36,6 +36,18 @@ export const ERROR_CODES = {
   WANWU_ERR_BUFFER_FULL: { fault: 'capacity', alink: 503, coap: '5.03', summary: 'the local buffer refuses new records; retry later' },
   WANWU_ERR_STORAGE: { fault: 'storage', alink: 500, coap: '5.03', summary: 'the local SQLite buffer failed to commit; the device was not acknowledged' },
   WANWU_ERR_UPSTREAM: { fault: 'upstream', alink: 500, coap: '5.00', summary: 'an upstream broker refused or dropped the connection (retried)' },
+  WANWU_ERR_RATE_LIMITED: { fault: 'device', alink: 429, coap: '4.29', summary: 'too many requests from this device or source; retry after Max-Age (RFC 8516)' },
+  WANWU_ERR_BLOCKWISE: { fault: 'device', alink: 460, coap: '4.00', summary: 'invalid CoAP Block1 option: reserved SZX 7, or a block payload that is not the block size (RFC 7959 §2.2)' },
+  WANWU_ERR_INCOMPLETE: { fault: 'device', alink: 460, coap: '4.08', summary: 'CoAP Block1 block out of order, or for a transfer that expired or never started (RFC 7959 §2.9.2)' },
+  WANWU_ERR_OVERLOADED: { fault: 'capacity', alink: 503, coap: '5.03', summary: 'the CoAP listener is at a limit on work in progress (requests with ingest, Block1 transfers); retry after Max-Age' },
+  WANWU_ERR_PROTOCOL: { fault: 'device', alink: 400, coap: '4.00', summary: 'MQTT CONNECT outside the device contract: keepalive out of range, or +, #, / or NUL in the client id or username' },
+  WANWU_ERR_BANNED: { fault: 'device', alink: 429, coap: '4.29', summary: 'too many MQTT connects from this identity in a minute: refused for the ban period (CONNACK 5)' },
+  WANWU_ERR_TOO_MANY_CONNECTIONS: { fault: 'capacity', alink: 503, coap: '5.03', summary: 'the MQTT listener holds mqtt.limits.maxConnections connections; new ones are closed at once' },
+  // Device registry (src/registry/store.ts, `wanwu devices`). 6204 is Alibaba IoT's "device disabled".
+  WANWU_ERR_DEVICE_DISABLED: { fault: 'device', alink: 6204, coap: '4.03', summary: 'the device is disabled in the registry (wanwu devices disable); refused until enabled again' },
+  WANWU_ERR_CARD_MISMATCH: { fault: 'device', alink: 403, coap: '4.03', summary: 'the device presented an ICCID other than the one bound to it (card binding, 机卡绑定); refused and audited' },
+  WANWU_ERR_REGISTRY: { fault: 'config', alink: 500, coap: '5.00', summary: 'the device registry database cannot be opened, or its secrets key is missing, malformed or wrong' },
+  WANWU_ERR_DEVICE_RECORD: { fault: 'config', alink: 460, coap: '4.00', summary: 'a device record given to wanwu devices is refused: unknown product or device, duplicate device or IMEI, bad name, secret, IMEI or ICCID' },
   WANWU_ERR_INTERNAL: { fault: 'internal', alink: 500, coap: '5.00', summary: 'unexpected internal error (a bug; please report it)' },
 } as const satisfies Record<string, CodeInfo>;
 

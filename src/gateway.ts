@@ -1,13 +1,14 @@
 // Composition root: builds every stage from the configuration and starts and stops them in order.
 //   start: registry -> buffer -> MQTT listener -> CoAP listener -> forwarders -> status
-//   stop:  listeners stop accepting -> in-flight commits finish -> forwarders close -> buffer -> status
+//   stop:  listeners stop accepting -> in-flight commits finish -> registry (last seen) -> forwarders close -> buffer -> status
 
 import { randomBytes } from 'node:crypto';
 import { createBuffer, type RecordBuffer } from './buffer/index.js';
 import type { Config } from './config/index.js';
 import { createForwarder, type Forwarder } from './forward/index.js';
 import { createPipeline, type Pipeline } from './pipeline.js';
-import { loadRegistry, type Registry } from './registry/index.js';
+import { createLiveRegistry, type LiveRegistry } from './registry/live.js';
+import { registryPaths } from './registry/store.js';
 import { buildStatus, createStatusServer, type StatusServer, type StatusSources } from './status/index.js';
 import { createCoapListener, type CoapListener } from './transport/coap/index.js';
 import { createMqttListener, type MqttAccount, type MqttListener } from './transport/mqtt/index.js';
@@ -28,7 +29,7 @@ export interface Gateway {
 }
 
 export function createGateway(config: Readonly<Config>, logger: Logger): Gateway {
-  let registry: Registry | null = null;
+  let registry: LiveRegistry | null = null;
   let buffer: RecordBuffer | null = null;
   let pipeline: Pipeline | null = null;
   let mqtt: MqttListener | null = null;
@@ -56,7 +57,16 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
 
   async function doStart(): Promise<void> {
     startedAt = Date.now();
-    registry = loadRegistry(config.devicesDir);
+    const paths = registryPaths(config);
+    registry = createLiveRegistry({
+      devicesDir: config.devicesDir,
+      path: paths.path,
+      keyFile: paths.keyFile,
+      logger,
+      reloadMs: config.registry.reloadMs,
+      lastSeenFlushMs: config.registry.lastSeenFlushMs,
+    });
+    registry.start();
     for (const p of registry.products) {
       logger.info({ productKey: p.productKey, rat: p.rat, codec: p.codec.type, devices: p.devices.size }, 'product loaded');
     }
@@ -90,12 +100,15 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       apps: config.mqtt.apps,
       publishers: config.upstreams.some((u) => u.url === 'local') ? [localAccount] : [],
       logger,
+      maxPayloadBytes: config.mqtt.maxPayloadBytes,
+      limits: config.mqtt.limits,
     });
     await mqtt.start();
     coap = createCoapListener({
       host: config.coap.host,
       port: config.coap.port,
       maxPayloadBytes: config.coap.maxPayloadBytes,
+      limits: config.coap.limits,
       ingest: pipeline.ingest,
       refuse: pipeline.refuse,
       logger,
@@ -122,7 +135,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     ready = true;
     const a = addresses();
     logger.info(
-      { coap: `${a.coap.address}:${a.coap.port}/udp`, mqtt: `${a.mqtt.address}:${a.mqtt.port}`, http: `${a.http.address}:${a.http.port}`, storage: config.storage.path },
+      { coap: `${a.coap.address}:${a.coap.port}/udp`, mqtt: `${a.mqtt.address}:${a.mqtt.port}`, http: `${a.http.address}:${a.http.port}`, storage: config.storage.path, registry: paths.path },
       'wanwu gateway ready',
     );
   }
@@ -133,6 +146,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     await coap?.stop();
     await mqtt?.stop();
     await pipeline?.drain();
+    registry?.stop();
     for (const f of forwarders) await f.stop();
     await buffer?.stop();
     await status?.stop();

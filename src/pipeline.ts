@@ -6,7 +6,7 @@
 import { asWanwuError, WanwuError, type ErrorCode } from './errors.js';
 import type { DeadLetter, RecordBuffer } from './buffer/index.js';
 import { parseUplinkTopic } from './thing-model/topic.js';
-import type { Device, Product, Registry } from './registry/index.js';
+import { checkCard, deviceRefusal, type Device, type Product, type Registry } from './registry/index.js';
 import { decodeUplink, type DecodedItem } from './thing-model/index.js';
 import type { IngestHandler, IngestOutcome, Logger, RawMessage, TelemetryRecord, Transport } from './types.js';
 import { uuidv7 } from './util/uuidv7.js';
@@ -50,7 +50,9 @@ export type ReplayResult =
  * Refusals a replay cannot mend: the payload was cut to the size limit, or it was sent outside the
  * sender's own namespace (replaying would file it under another device).
  */
-const NOT_REPLAYABLE: ReadonlySet<string> = new Set<ErrorCode>(['WANWU_ERR_TOO_LARGE', 'WANWU_ERR_FORBIDDEN', 'WANWU_ERR_AUTH']);
+const NOT_REPLAYABLE: ReadonlySet<string> = new Set<ErrorCode>(['WANWU_ERR_TOO_LARGE', 'WANWU_ERR_FORBIDDEN', 'WANWU_ERR_AUTH', 'WANWU_ERR_DEVICE_DISABLED', 'WANWU_ERR_CARD_MISMATCH']);
+// (A disabled device's or a foreign card's payloads were refused on purpose: replaying them would
+// let in what the operator or the card binding kept out.)
 
 interface Context {
   raw: RawMessage;
@@ -75,6 +77,9 @@ const findDevice: Step = (ctx, p) => {
   if (!product || !device) {
     throw new WanwuError('WANWU_ERR_UNKNOWN_DEVICE', `unknown device ${ctx.raw.productKey}/${ctx.raw.deviceName}`);
   }
+  // A disabled device stays known (so its refusals are counted under its name) but sends nothing.
+  const refusal = deviceRefusal(device);
+  if (refusal) throw refusal;
   ctx.product = product;
   ctx.device = device;
 };
@@ -85,6 +90,47 @@ const decode: Step = (ctx) => {
   if (result.method !== undefined) ctx.outcome.method = result.method;
   if (!result.ok) throw result.error;
   ctx.items = result.items;
+};
+
+/** Property identifiers under which a device reports its SIM's ICCID (TSL identifiers are case-sensitive; modules differ). */
+const ICCID_PROPERTY = /^iccid$/i;
+
+/** Whether a product's items can carry an ICCID: its model defines one, or it has no model (values pass unchecked). */
+const iccidCarriers = new WeakMap<Product, boolean>();
+function mayReportIccid(product: Product): boolean {
+  let may = iccidCarriers.get(product);
+  if (may === undefined) {
+    may = product.model === null || product.model.properties.some((prop) => ICCID_PROPERTY.test(prop.identifier));
+    iccidCarriers.set(product, may);
+  }
+  return may;
+}
+
+/**
+ * Card binding (机卡绑定): a device that reports its ICCID as a property must report the card bound
+ * to it in the registry, unless its product turns binding off. A mismatch is refused and audited.
+ */
+const cardBinding: Step = (ctx, p) => {
+  const device = ctx.device!;
+  // Validation has already refused identifiers the model lacks, so most products skip the scan.
+  if (device.iccid === undefined || ctx.product!.cardBinding === false || !mayReportIccid(ctx.product!)) return;
+  for (const item of ctx.items!) {
+    if (item.kind !== 'property') continue;
+    for (const [id, value] of Object.entries(item.data)) {
+      if (typeof value !== 'string' || !ICCID_PROPERTY.test(id)) continue;
+      const refusal = checkCard(device, value, ctx.product);
+      if (!refusal) continue;
+      p.registry.audit?.({
+        at: ctx.raw.receivedAt,
+        productKey: device.productKey,
+        deviceName: device.deviceName,
+        event: 'card-mismatch',
+        detail: value.slice(0, 32),
+        source: `${ctx.raw.transport} ${ctx.raw.peer}`,
+      });
+      throw refusal;
+    }
+  }
 };
 
 /** Turns decoded items into normalized records (ARCHITECTURE.md "External contract"). */
@@ -119,6 +165,7 @@ export const UPLINK_STEPS: ReadonlyArray<readonly [name: string, step: Step]> = 
   ['checkSize', checkSize],
   ['findDevice', findDevice],
   ['decode', decode],
+  ['cardBinding', cardBinding],
   ['commit', commit],
 ];
 
@@ -159,6 +206,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     try {
       for (const [, step] of UPLINK_STEPS) await step(ctx, opts);
       stats.accepted[raw.transport]++;
+      opts.registry.seen?.(raw.productKey, raw.deviceName, raw.receivedAt);
       stats.records[raw.transport] += ctx.outcome.committed;
     } catch (thrown) {
       const error = asWanwuError(thrown);
@@ -213,6 +261,7 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
         ctx.raw.route = parseUplinkTopic(dl.topic).route;
         findDevice(ctx, opts);
         decode(ctx, opts);
+        cardBinding(ctx, opts);
         const records = toRecords(ctx.raw, ctx.product!, ctx.items!, ctx.outcome.msgId);
         opts.buffer.replaceDeadLetter(dl.id, records);
         return { id: dl.id, ok: true, records: records.length };

@@ -222,7 +222,9 @@ async function startWanwu(dir: string, devicesDir: string): Promise<ServerUnderT
   mkdirSync(dir, { recursive: true });
   const config = writeConfigFile(dir, {
     coap: { host: '127.0.0.1', port: 0 },
-    mqtt: { host: '127.0.0.1', port: 0 },
+    // The per-device publish rate (100/s by default) is a policy, not the path's cost: off here, where a
+    // handful of connections carry the whole load. Every other limit stays at its default.
+    mqtt: { host: '127.0.0.1', port: 0, limits: { publishRate: { perSecond: 0 } } },
     http: { host: '127.0.0.1', port: 0 },
     // sync "full" is the default, spelled out: every group commit is fsynced before the device's ack.
     storage: { path: join(dir, 'wanwu.db'), sync: 'full' },

@@ -75,14 +75,76 @@ export const upstreamSchema = z.strictObject({
 
 const account = z.strictObject({ username: z.string().min(1), password: z.string().min(1) });
 
+/**
+ * Defaults of coap.limits (also what the CoAP listener uses when it is given none). Sized for a
+ * carrier-facing gateway: an NB-IoT module sends a few messages an hour, so 10/s with a burst of 100
+ * per device only stops a runaway; 1000/s per source address leaves room for thousands of modules
+ * behind one carrier NAT address. Loopback is exempt: a local process (wanwu-sim, benchmarks, an
+ * agent on the host) cannot be spoofed from outside and may drive thousands of messages per second.
+ */
+export const COAP_LIMITS_DEFAULTS = Object.freeze({
+  perDevice: Object.freeze({ perSecond: 10, burst: 100 }),
+  perSource: Object.freeze({ perSecond: 1000, burst: 2000 }),
+  maxPeers: 100_000,
+  maxReassemblies: 1000,
+  exemptLoopback: true,
+});
+
+/** A token bucket: `perSecond` sustained (0 = no limit), up to `burst` at once. */
+const rateLimit = (d: { perSecond: number; burst: number }) =>
+  z
+    .strictObject({
+      /** Sustained rate in requests per second; 0 switches this limit off. */
+      perSecond: z.number().min(0).max(1_000_000).default(d.perSecond),
+      /** Bucket size in requests: how many are accepted at once after a quiet period. */
+      burst: z.number().int().min(1).max(1_000_000).default(d.burst),
+    })
+    .prefault({});
+
+/**
+ * MQTT listener limits. 64 KiB packets: the MQTT payload limit's default, so every packet a device
+ * is allowed to send fits, and one socket can make the gateway buffer no more than that. Topics:
+ * 256 bytes like AWS IoT Core; 16 levels covers the longest Alink topic (9 levels:
+ * /sys/{pk}/{dn}/thing/event/property/pack/post) with room. Keepalive 30-1200 s is Alibaba IoT
+ * Platform's device range. Publish rate: 100 messages/s per device sustained (a RedCap vehicle or PLC
+ * gateway reporting every 10 ms), a burst of 200; a device over it is first slowed down (its publishes
+ * held up to 2 s, its socket not read meanwhile), then refused. Connect flood: EMQX's flapping
+ * detection defaults (more than 15 logins in a minute bans the identity for 5 minutes).
+ */
+export const MQTT_LIMITS_DEFAULTS = Object.freeze({
+  maxPacketBytes: 64 * 1024,
+  maxTopicLength: 256,
+  maxTopicLevels: 16,
+  keepaliveMinS: 30,
+  keepaliveMaxS: 1200,
+  maxConnections: 100_000,
+  publishRate: Object.freeze({ perSecond: 100, burst: 200, maxDelayMs: 2000 }),
+  connectFlood: Object.freeze({ maxPerMinute: 15, banS: 300 }),
+});
+
 export const configSchema = z.strictObject({
   coap: z
     .strictObject({
       host: host.default('0.0.0.0'),
       /** UDP port; 0 = any free port. */
       port: port.default(5683),
-      /** Largest request payload in bytes; larger requests get 4.13. */
+      /** Largest request body in bytes, in one message or reassembled from Block1 blocks; larger requests get 4.13. */
       maxPayloadBytes: z.number().int().min(16).max(1024 * 1024).default(1024),
+      /** Refusals beyond these get 4.29 (rate), 5.03 (reassemblies); caps bound memory. See COAP_LIMITS_DEFAULTS. */
+      limits: z
+        .strictObject({
+          /** Requests per device named by the path (a plain request or a Block1 transfer counts once). */
+          perDevice: rateLimit(COAP_LIMITS_DEFAULTS.perDevice),
+          /** Request datagrams per source IP address (all ports together). */
+          perSource: rateLimit(COAP_LIMITS_DEFAULTS.perSource),
+          /** Entries tracked per table (peers, source addresses, device names); beyond it the oldest go. */
+          maxPeers: z.number().int().min(16).max(10_000_000).default(COAP_LIMITS_DEFAULTS.maxPeers),
+          /** Block1 transfers in progress at once (count); memory is at most this x maxPayloadBytes. */
+          maxReassemblies: z.number().int().min(1).max(1_000_000).default(COAP_LIMITS_DEFAULTS.maxReassemblies),
+          /** true: requests from 127.0.0.0/8 and ::1 skip the rate limits (set false behind a local proxy). */
+          exemptLoopback: z.boolean().default(COAP_LIMITS_DEFAULTS.exemptLoopback),
+        })
+        .prefault({}),
     })
     .prefault({}),
   mqtt: z
@@ -97,6 +159,47 @@ export const configSchema = z.strictObject({
        * upstream) and nothing else. The default is a demo account; change it before exposing the port.
        */
       apps: z.array(account).default([{ username: 'app', password: 'wanwu-demo' }]),
+      /** Abuse limits of the MQTT listener (src/transport/mqtt/limits.ts, guard.ts). See MQTT_LIMITS_DEFAULTS. */
+      limits: z
+        .strictObject({
+          /**
+           * Largest MQTT packet in bytes, fixed header included, judged from its announced Remaining
+           * Length before any of it is buffered; a larger one closes the connection. A logged-in
+           * device's PUBLISH is cut to maxPayloadBytes + 1 payload bytes instead (Alink 460 reply).
+           */
+          maxPacketBytes: z.number().int().min(1024).max(268_435_460).default(MQTT_LIMITS_DEFAULTS.maxPacketBytes),
+          /** Longest topic name or filter in bytes (UTF-8) a device or application may use. */
+          maxTopicLength: z.number().int().min(64).max(65_535).default(MQTT_LIMITS_DEFAULTS.maxTopicLength),
+          /** Most topic levels (parts between "/"; a leading "/" counts one). At most 100, aedes' own ceiling. */
+          maxTopicLevels: z.number().int().min(4).max(100).default(MQTT_LIMITS_DEFAULTS.maxTopicLevels),
+          /** Keepalive range in seconds a device's CONNECT must ask for; outside it gets CONNACK 2. */
+          keepaliveMinS: z.number().int().min(0).max(65_535).default(MQTT_LIMITS_DEFAULTS.keepaliveMinS),
+          keepaliveMaxS: z.number().int().min(1).max(65_535).default(MQTT_LIMITS_DEFAULTS.keepaliveMaxS),
+          /** Open TCP connections (count), every role included; beyond it a new socket is closed at once. */
+          maxConnections: z.number().int().min(1).max(10_000_000).default(MQTT_LIMITS_DEFAULTS.maxConnections),
+          /** Per-device publish rate (token bucket, keyed by device, kept across reconnects). */
+          publishRate: z
+            .strictObject({
+              /** Sustained messages per second per device; 0 switches the limit off. */
+              perSecond: z.number().min(0).max(1_000_000).default(MQTT_LIMITS_DEFAULTS.publishRate.perSecond),
+              /** Bucket size in messages: how many a quiet device may send at once. */
+              burst: z.number().int().min(1).max(1_000_000).default(MQTT_LIMITS_DEFAULTS.publishRate.burst),
+              /** ms a publish over the rate may be held for its token; one that would wait longer is refused (Alink 429). */
+              maxDelayMs: z.number().int().min(0).max(60_000).default(MQTT_LIMITS_DEFAULTS.publishRate.maxDelayMs),
+            })
+            .prefault({}),
+          /** Connect-flood ban per device identity (EMQX flapping detection defaults). */
+          connectFlood: z
+            .strictObject({
+              /** Logins allowed per identity in any 60 s; the next is refused (CONNACK 5) and bans it. 0 switches the ban off. */
+              maxPerMinute: z.number().int().min(0).max(1_000_000).default(MQTT_LIMITS_DEFAULTS.connectFlood.maxPerMinute),
+              /** Ban length in seconds. */
+              banS: z.number().int().min(1).max(86_400).default(MQTT_LIMITS_DEFAULTS.connectFlood.banS),
+            })
+            .prefault({}),
+        })
+        .refine((l) => l.keepaliveMinS <= l.keepaliveMaxS, { message: 'keepaliveMinS must not exceed keepaliveMaxS', path: ['keepaliveMinS'] })
+        .prefault({}),
     })
     .prefault({}),
   http: z
@@ -124,6 +227,27 @@ export const configSchema = z.strictObject({
     .prefault({}),
   /** Folder of product definitions (devices/<productKey>/...). */
   devicesDir: z.string().min(1).default('./devices'),
+  /**
+   * The device registry (src/registry/store.ts): devices, encrypted secrets, status, IMEI/ICCID,
+   * last seen and the audit table, in a SQLite file of its own. Seeded from devices/ at start;
+   * changed by `wanwu devices`, which a running gateway picks up within reloadMs.
+   */
+  registry: z
+    .strictObject({
+      /** SQLite file; its folder is created. null = registry.db in the folder of storage.path (./data/registry.db by default). */
+      path: z.string().min(1).nullable().default(null),
+      /**
+       * File holding the 32-byte key that encrypts device secrets (AES-256-GCM), as hex. null = the
+       * registry path + ".key". Created with mode 0600 when the registry is new. Not read when the
+       * env WANWU_REGISTRY_KEY holds the key.
+       */
+      keyFile: z.string().min(1).nullable().default(null),
+      /** How often a running gateway checks the registry for changes made by `wanwu devices`, in ms. */
+      reloadMs: z.number().int().min(50).max(60_000).default(1000),
+      /** How often devices' last-seen times are written, in ms (batched: one transaction per flush). */
+      lastSeenFlushMs: z.number().int().min(100).max(3_600_000).default(5000),
+    })
+    .prefault({}),
   /** Where normalized records go. The default sends them to the gateway's own broker under wanwu/#. */
   upstreams: z
     .array(upstreamSchema)

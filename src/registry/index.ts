@@ -3,6 +3,9 @@
 //   devices/<productKey>/model.json     Alibaba TSL thing model (optional: without it values pass unvalidated)
 //   devices/<productKey>/devices.json   [{"deviceName", "deviceSecret", "imei"?, "iccid"?}] (optional)
 // Anything broken is refused with WANWU_ERR_PRODUCT naming the file and key path.
+// loadRegistry() reads devices from devices.json only (tools, simulator). The gateway's registry
+// (live.ts) keeps products from here and devices from the SQLite device store (store.ts), which
+// devices.json seeds; deviceRefusal() and checkCard() are the checks every entry point applies.
 
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -14,12 +17,16 @@ import type { Codec } from '../thing-model/types.js';
 import { compileModel } from '../thing-model/validate.js';
 import { RATS, type Rat } from '../types.js';
 
+export type DeviceStatus = 'enabled' | 'disabled';
+
 export interface Device {
   productKey: string;
   deviceName: string;
   deviceSecret: string;
   imei?: string;
   iccid?: string;
+  /** Absent = enabled (devices.json has no status). A disabled device stays known but is refused: see deviceRefusal(). */
+  status?: DeviceStatus;
 }
 
 export interface Product {
@@ -32,6 +39,25 @@ export interface Product {
   /** Built once at load. */
   codec: Codec;
   devices: ReadonlyMap<string, Device>;
+  /**
+   * Card binding (机卡绑定): a device with an ICCID on record must present that ICCID. product.json
+   * `"cardBinding": false` turns it off for the product; absent = on.
+   */
+  cardBinding?: boolean;
+}
+
+/** Something the registry keeps in its audit table (store.ts), e.g. a refused card. */
+export interface AuditEntry {
+  /** ms since the epoch. */
+  at: number;
+  productKey: string;
+  deviceName: string;
+  /** What happened: 'card-mismatch', or an operator action ('added', 'disabled', 'enabled', 'secret-rotated'). */
+  event: string;
+  /** The presented value or other detail. Never a secret. */
+  detail?: string;
+  /** Where it came from: `mqtt 10.0.0.5:51234`, `cli`. */
+  source?: string;
 }
 
 export interface Registry {
@@ -42,6 +68,10 @@ export interface Registry {
   readonly deviceCount: number;
   /** Things worth an operator's eye that do not stop the start (e.g. TSL keys Wanwu ignores), one line each. */
   readonly warnings: readonly string[];
+  /** Notes an accepted uplink (the gateway's registry batches these into last-seen times). */
+  seen?(productKey: string, deviceName: string, at: number): void;
+  /** Keeps an audit entry and logs it (rate-limited). Registries without a store ignore it. */
+  audit?(entry: AuditEntry): void;
 }
 
 /** The parsed contents of one product folder (what loadRegistry reads; tests build products from it directly). */
@@ -59,7 +89,49 @@ export interface ProductSource {
 const TOPIC_NAME = { re: /^[A-Za-z0-9_.:@\-]{1,64}$/, what: 'a name of 1-64 letters, digits or _ . : @ -' };
 const IMEI = { re: /^\d{15}$/, what: 'a 15-digit IMEI' };
 const ICCID = { re: /^\d{18,19}[\dFf]$/, what: 'a 19-20 digit ICCID' };
-const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description'] as const;
+// Alibaba IoT's DeviceSecret is 32 characters; any printable ASCII without spaces, up to 128, is taken.
+const SECRET = { re: /^[\x21-\x7e]{1,128}$/, what: 'a secret of 1-128 printable ASCII characters without spaces' };
+/** The formats of a device record's fields, shared by devices.json and `wanwu devices`. */
+export const DEVICE_FIELD_FORMATS = Object.freeze({ deviceName: TOPIC_NAME, deviceSecret: SECRET, imei: IMEI, iccid: ICCID });
+const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description', 'cardBinding'] as const;
+
+/**
+ * Why a known device may not send: null when it may. Called by the pipeline for every uplink (and
+ * meant for the listeners' logins), so `wanwu devices disable` takes effect on every entry point.
+ */
+export function deviceRefusal(device: Device): WanwuError | null {
+  if (device.status === 'disabled') {
+    return new WanwuError('WANWU_ERR_DEVICE_DISABLED', `device ${device.productKey}/${device.deviceName} is disabled`);
+  }
+  return null;
+}
+
+/**
+ * An ICCID in one canonical form: upper case, without the "F" padding some modules append to a
+ * 19-digit ICCID (ITU-T E.118 numbers are at most 19 digits plus the Luhn check digit; AT+CCID
+ * answers vary between modules).
+ */
+export function normalizeIccid(iccid: string): string {
+  return iccid.trim().toUpperCase().replace(/F+$/, '');
+}
+
+/**
+ * Card binding (机卡绑定, required by MIIT for IoT cards): a device whose record holds an ICCID must
+ * present that ICCID (at a CoAP auth, or as its `iccid` property). Null when it does, when the record
+ * holds none, or when the product turns binding off ("cardBinding": false in product.json). A
+ * presented ICCID without its check digit (19 digits) matches the 20-digit one on record it begins.
+ */
+export function checkCard(device: Device, presentedIccid: string, product?: Pick<Product, 'cardBinding'>): WanwuError | null {
+  if (device.iccid === undefined || product?.cardBinding === false) return null;
+  const want = normalizeIccid(device.iccid);
+  const got = normalizeIccid(presentedIccid);
+  if (got === want) return null;
+  if (/^\d{19}$/.test(got) && want.length === 20 && want.startsWith(got)) return null;
+  if (/^\d{19}$/.test(want) && got.length === 20 && got.startsWith(want)) return null;
+  return new WanwuError('WANWU_ERR_CARD_MISMATCH', `device ${device.productKey}/${device.deviceName} presented ICCID ${JSON.stringify(presentedIccid.slice(0, 32))}, not the card bound to it`, {
+    detail: { presented: presentedIccid.slice(0, 32) },
+  });
+}
 
 /**
  * Checks one product's definition and builds its codec and validators. Throws WANWU_ERR_PRODUCT.
@@ -78,6 +150,7 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
   const name = r.string(p.name, 'name');
   const rat = r.oneOf(p.rat, 'rat', RATS);
   r.optionalString(p.description, 'description');
+  const cardBinding = p.cardBinding === undefined ? true : r.boolean(p.cardBinding, 'cardBinding');
 
   const modelFile = path.join(dir, 'model.json');
   const model = src.model === undefined || src.model === null ? null : parseThingModel(src.model, modelFile, warn);
@@ -92,7 +165,7 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
   const codec = buildCodec(p.codec, { productKey, model, reader: r, path: 'codec', dir });
   const devices = src.devices === undefined || src.devices === null ? new Map<string, Device>() : parseDevices(src.devices, productKey, dir);
 
-  return Object.freeze({ productKey, name, rat, dir, model, codec, devices });
+  return Object.freeze({ productKey, name, rat, dir, model, codec, devices, cardBinding });
 }
 
 function parseDevices(json: unknown, productKey: string, dir: string): Map<string, Device> {
@@ -107,7 +180,7 @@ function parseDevices(json: unknown, productKey: string, dir: string): Map<strin
     const first = index.get(deviceName);
     if (first !== undefined) r.fail(keyPath(at, 'deviceName'), `duplicate deviceName "${deviceName}" (also [${first}])`);
     index.set(deviceName, i);
-    const device: Device = { productKey, deviceName, deviceSecret: r.string(o.deviceSecret, keyPath(at, 'deviceSecret')) };
+    const device: Device = { productKey, deviceName, deviceSecret: r.string(o.deviceSecret, keyPath(at, 'deviceSecret'), SECRET) };
     if (o.imei !== undefined) device.imei = r.string(o.imei, keyPath(at, 'imei'), IMEI);
     if (o.iccid !== undefined) device.iccid = r.string(o.iccid, keyPath(at, 'iccid'), ICCID);
     devices.set(deviceName, Object.freeze(device));

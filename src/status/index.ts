@@ -151,10 +151,19 @@ export function createMetricsRegistry(s: StatusSources): client.Registry {
   counter('wanwu_mqtt_auth_failures_total', 'Refused MQTT logins by reason', ['code'], () =>
     Object.entries(s.mqtt()?.authFailures ?? {}).map(([code, n]) => [{ code }, n ?? 0]));
   counter('wanwu_mqtt_forbidden_total', 'Publishes and subscriptions outside the client namespace', [], () => [[{}, s.mqtt()?.forbidden ?? 0]]);
+  counter('wanwu_mqtt_refused_total', 'Connections, logins, topics and publishes refused by the MQTT limits, by reason', ['reason'], () =>
+    Object.entries(s.mqtt()?.refused ?? {}).map(([reason, n]) => [{ reason }, n ?? 0]));
+  counter('wanwu_mqtt_throttled_total', 'Device publishes held back for their rate token, then accepted', [], () => [[{}, s.mqtt()?.throttled ?? 0]]);
+  gauge('wanwu_mqtt_bans', 'Identities banned now by the MQTT connect-flood rule', [], () => [[{}, s.mqtt()?.bans ?? 0]]);
+  gauge('wanwu_mqtt_connections', 'Open MQTT TCP connections (logged in or not)', [], () => [[{}, s.mqtt()?.connections ?? 0]]);
+  counter('wanwu_mqtt_audit_suppressed_total', 'Refused-login audit lines left out by the audit log rate limit', [], () => [[{}, s.mqtt()?.auditSuppressed ?? 0]]);
   counter('wanwu_coap_requests_total', 'CoAP requests received', [], () => [[{}, s.coap()?.requests ?? 0]]);
   counter('wanwu_coap_duplicates_total', 'CoAP duplicate requests answered from the de-duplication cache', [], () => [[{}, s.coap()?.duplicates ?? 0]]);
   counter('wanwu_coap_responses_total', 'CoAP responses by code', ['code'], () =>
     Object.entries(s.coap()?.responses ?? {}).map(([code, n]) => [{ code }, n]));
+  counter('wanwu_coap_refused_total', 'CoAP requests refused by the listener at a limit, by reason (rate, size, Block1, capacity)', ['reason'], () =>
+    Object.entries(s.coap()?.refused ?? {}).map(([reason, n]) => [{ reason }, n]));
+  gauge('wanwu_coap_reassemblies', 'CoAP Block1 transfers in progress', [], () => [[{}, s.coap()?.reassemblies ?? 0]]);
   gauge('wanwu_devices', 'Devices known to the registry', [], () => [[{}, s.registry().devices]]);
   return registry;
 }

@@ -374,11 +374,12 @@ describe('CoAP listener: refusals', () => {
     expect(l.stats().responses).toEqual({ '4.13': 1 });
   });
 
-  it('answers a Block1 request with 4.13 (block-wise transfer not supported yet)', async () => {
+  it('answers the first block of a Block1 upload with 2.31 Continue, without calling ingest (more in test/security/coap-limits.test.ts)', async () => {
     const { ingest, client } = await setup();
     client.send(post(14, UP_RAW_PATH, Buffer.alloc(16), { options: [...uriPath(UP_RAW_PATH), { name: 'Block1', value: Buffer.from([0x08]) }] }));
     const { packet } = await client.next();
-    expect(packet.code).toBe('4.13');
+    expect(packet.code).toBe('2.31');
+    expect(option(packet, 'Block1')).toEqual(Buffer.from([0x08]));
     expect(ingest.calls).toHaveLength(0);
   });
 

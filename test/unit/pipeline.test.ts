@@ -55,7 +55,7 @@ const twoItems: Codec = {
 
 describe('uplink pipeline', () => {
   it('runs its steps in the documented order', () => {
-    expect(UPLINK_STEPS.map(([name]) => name)).toEqual(['checkSize', 'findDevice', 'decode', 'commit']);
+    expect(UPLINK_STEPS.map(([name]) => name)).toEqual(['checkSize', 'findDevice', 'decode', 'cardBinding', 'commit']);
   });
 
   it('builds one record per decoded item and commits them together', async () => {

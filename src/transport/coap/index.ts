@@ -5,19 +5,44 @@
 //
 // Answers: 2.04 once ingest resolves (after the SQLite commit), piggybacked or separate (§5.2);
 // refusals with the error's CoAP code and a diagnostic payload (§5.5.2); 4.04/4.05/4.13/4.02/5.05
-// decided by the listener itself (request.ts) without calling ingest.
+// decided by the listener itself (request.ts) without calling ingest. Block1 uploads (RFC 7959) are
+// reassembled up to maxPayloadBytes (2.31 Continue per block, 4.08, 4.13 with Size1); rate limits
+// answer 4.29 (RFC 8516); no response is larger than its request (RFC 7252 §11.3).
 
 import type { WanwuError } from '../../errors.js';
 import type { IngestHandler, Logger, RawMessage } from '../../types.js';
+import type { RateSpec, RefusalReason } from './limits.js';
 import { createListener } from './listener.js';
+
+export type { RateSpec, RefusalReason } from './limits.js';
+export { REFUSAL_REASONS } from './limits.js';
+
+/** coap.limits of the configuration (src/config/schema.ts has the defaults and units). */
+export interface CoapLimits {
+  /** Token bucket per device named by the path (productKey/deviceName); perSecond 0 = off. */
+  perDevice: RateSpec;
+  /** Token bucket per source IP address; perSecond 0 = off. */
+  perSource: RateSpec;
+  /** Most peers (address + port), source addresses and device names tracked, each. */
+  maxPeers: number;
+  /** Most Block1 transfers in progress at once; each holds at most maxPayloadBytes. */
+  maxReassemblies: number;
+  /** Loopback sources (127.0.0.0/8, ::1) skip the rate limits. */
+  exemptLoopback: boolean;
+}
 
 export interface CoapListenerOptions {
   /** Address to bind, e.g. '0.0.0.0', '::' or '127.0.0.1'. */
   host: string;
   /** UDP port to bind; 0 picks any free port (read it back with address()). */
   port: number;
-  /** Largest request payload accepted, in bytes (config default 1024); larger gets 4.13 with Size1. */
+  /**
+   * Largest request body accepted, in bytes (config default 1024), whether in one message or
+   * reassembled from Block1 blocks; larger gets 4.13 with Size1.
+   */
   maxPayloadBytes: number;
+  /** Rate limits and table caps; default: the configuration's defaults (coap.limits). */
+  limits?: CoapLimits;
   /** The pipeline: resolves after the record is committed (or dead-lettered); never rejects. */
   ingest: IngestHandler;
   logger: Logger;
@@ -54,6 +79,19 @@ export interface CoapListenerStats {
   separateTimeouts: number;
   /** Requests handed to ingest and not answered yet. */
   inFlight: number;
+  /** Requests the listener refused on its own because of a limit, by reason (limits.ts REFUSAL_REASONS). */
+  refused: Record<RefusalReason, number>;
+  /** Block1 transfers in progress (at most coap.limits.maxReassemblies). */
+  reassemblies: number;
+  /** Body bytes those transfers hold (at most maxReassemblies x maxPayloadBytes). */
+  reassemblyBytes: number;
+  /** Rate-limit buckets held: source addresses and devices (each at most coap.limits.maxPeers). */
+  tracked: { sources: number; devices: number };
+  /**
+   * Entries dropped early because a table reached its cap: de-duplication entries (a duplicate
+   * may then be processed again), peers, and rate-limit buckets (which restart full).
+   */
+  evicted: { dedup: number; peers: number; sources: number; devices: number };
 }
 
 export interface CoapListener {

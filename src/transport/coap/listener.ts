@@ -8,27 +8,47 @@
 // Memory stays bounded at any rate: the de-duplication entries live in generational maps
 // (dedup.ts) holding a compact string key and the response bytes as a one-byte string; the only
 // per-request timers are those of separate responses, which are rare (ingest slower than 1 s).
+//
+// Limits (coap.limits): token buckets per source address and per device (limits.ts) answer 4.29
+// (RFC 8516); Block1 uploads (RFC 7959) are reassembled in bounded state (block1.ts); the peer,
+// bucket and reassembly tables have caps. No response is larger than its request (RFC 7252 §11.3,
+// responses.ts encodeFitted), and neither is a cached response repeated for a duplicate.
 
 import dgram from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { parse, type ParsedPacket } from 'coap-packet';
 import { asWanwuError, WanwuError } from '../../errors.js';
+import { COAP_LIMITS_DEFAULTS } from '../../config/schema.js';
 import type { IngestOutcome, RawMessage } from '../../types.js';
+import { Reassembler } from './block1.js';
 import { GenerationalMap } from './dedup.js';
-import type { CoapListener, CoapListenerOptions, CoapListenerStats } from './index.js';
+import type { CoapLimits, CoapListener, CoapListenerOptions, CoapListenerStats } from './index.js';
+import { isLoopback, RateLimiter, REFUSAL_REASONS, type RefusalReason } from './limits.js';
 import {
   ACK_RANDOM_FACTOR,
   ACK_TIMEOUT_MS,
   EXCHANGE_LIFETIME_MS,
   MAX_RETRANSMIT,
+  MAX_TRANSMIT_SPAN_MS,
   NON_LIFETIME_MS,
   TYPE_ACK,
   TYPE_CON,
   TYPE_RST,
+  type BlockValue,
 } from './protocol.js';
 import { inspectRequest, type UplinkTarget } from './request.js';
-import { encodeEmpty, encodeResponse, errorResponse, outcomeResponse, type Carrier, type ResponseSpec } from './responses.js';
+import {
+  block1Option,
+  continueResponse,
+  encodeEmpty,
+  encodeFitted,
+  errorResponse,
+  outcomeResponse,
+  tooManyRequestsResponse,
+  type Carrier,
+  type ResponseSpec,
+} from './responses.js';
 
 /** Internal knobs; the defaults are RFC 7252 §4.8's. Tests shorten the timers. */
 export interface CoapTuning {
@@ -52,6 +72,14 @@ export interface CoapTuning {
   maxInFlight: number;
   /** Max-Age of 5.03 responses: seconds after which the device should retry. */
   retryAfterS: number;
+  /** How long a Block1 transfer waits for its next block before it is dropped (ms). */
+  reassemblyIdleMs: number;
+  /**
+   * Socket receive buffer (bytes; the kernel caps it at net.core.rmem_max). NB-IoT modules that wake
+   * on the same schedule arrive in bursts; the default ~208 KiB holds only about a hundred small
+   * datagrams (each costs ~2 KiB of kernel memory), and the rest are dropped before we see them.
+   */
+  recvBufferBytes: number;
   /** Random source for the ACK timeout jitter, in [0, 1). */
   random: () => number;
   /** Monotonic clock for the piggyback deadline (ms); independent of the injectable wall clock. */
@@ -69,6 +97,8 @@ export const DEFAULT_TUNING: Readonly<CoapTuning> = Object.freeze({
   maxDedupEntries: 500_000,
   maxInFlight: 10_000,
   retryAfterS: 30,
+  reassemblyIdleMs: MAX_TRANSMIT_SPAN_MS,
+  recvBufferBytes: 4 * 1024 * 1024,
   random: Math.random,
   monotonic: () => performance.now(),
 });
@@ -88,6 +118,10 @@ interface Exchange {
   separate: boolean;
   /** Monotonic time at which to give up piggybacking (CON only). */
   deadline: number;
+  /** Size of the request datagram: the response may not be larger (RFC 7252 §11.3). */
+  maxBytes: number;
+  /** The last block of a Block1 upload: the response echoes it (RFC 7959 §2.3). */
+  block1: BlockValue | undefined;
 }
 
 /** A separate CON response awaiting the device's ACK (RFC 7252 §4.2). */
@@ -111,6 +145,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
   const tuning: CoapTuning = { ...DEFAULT_TUNING, ...tuningOverrides };
   const { host, logger, ingest, maxPayloadBytes } = opts;
   const now = opts.now ?? Date.now;
+  const limits: CoapLimits = opts.limits ?? COAP_LIMITS_DEFAULTS;
 
   let socket: dgram.Socket | null = null;
   let bound: { address: string; port: number } | null = null;
@@ -122,6 +157,10 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
   let conSeen: GenerationalMap<string>;
   let nonSeen: GenerationalMap<string>;
   let peersSeen: GenerationalMap<true>;
+  // Rate limits (null when switched off) and Block1 transfers in progress.
+  let sourceLimiter: RateLimiter | null;
+  let deviceLimiter: RateLimiter | null;
+  let reassembler: Reassembler;
   resetCaches();
 
   // CON exchanges waiting for ingest, in arrival order = deadline order (constant delay), so one
@@ -147,6 +186,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     errors: 0,
     retransmissions: 0,
     separateTimeouts: 0,
+    refused: Object.fromEntries(REFUSAL_REASONS.map((r) => [r, 0])) as Record<RefusalReason, number>,
   };
 
   // Scratch space for building de-duplication keys without intermediate strings.
@@ -160,9 +200,12 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     peersSeen = new GenerationalMap({
       lifetimeMs: tuning.exchangeLifetimeMs,
       generations: tuning.dedupGenerations,
-      maxEntries: half,
+      maxEntries: Math.max(tuning.dedupGenerations, limits.maxPeers),
       startMs: t,
     });
+    sourceLimiter = limits.perSource.perSecond > 0 ? new RateLimiter(limits.perSource, limits.maxPeers, t) : null;
+    deviceLimiter = limits.perDevice.perSecond > 0 ? new RateLimiter(limits.perDevice, limits.maxPeers, t) : null;
+    reassembler = new Reassembler(limits.maxReassemblies, tuning.reassemblyIdleMs);
   }
 
   function count(code: string): void {
@@ -206,13 +249,22 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     return id;
   }
 
-  /** Answers a request right away: piggybacked in the ACK for CON, as a NON with a fresh id for NON. */
-  function respondNow(confirmable: boolean, messageId: number, token: Buffer, spec: ResponseSpec, address: string, port: number): Buffer {
+  /**
+   * Answers a request right away: piggybacked in the ACK for CON, as a NON with a fresh id for NON.
+   * `maxBytes` is the request's size: the response is cut to fit it (RFC 7252 §11.3).
+   */
+  function respondNow(confirmable: boolean, messageId: number, token: Buffer, spec: ResponseSpec, address: string, port: number, maxBytes: number): Buffer {
     const carrier: Carrier = confirmable ? 'ack' : 'non';
-    const bytes = encodeResponse(carrier, confirmable ? messageId : allocMessageId(), token, spec);
+    const bytes = encodeFitted(carrier, confirmable ? messageId : allocMessageId(), token, spec, maxBytes);
     send(bytes, port, address);
     count(spec.code);
     return bytes;
+  }
+
+  /** Answers a request the listener refuses on its own for `reason`, counting it. */
+  function refuse(reason: RefusalReason, confirmable: boolean, messageId: number, token: Buffer, spec: ResponseSpec, address: string, port: number, maxBytes: number): void {
+    counters.refused[reason]++;
+    respondNow(confirmable, messageId, token, spec, address, port, maxBytes);
   }
 
   function reset(messageId: number, address: string, port: number): void {
@@ -299,6 +351,20 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     }
     peersSeen.touch(peerKey, true);
 
+    // Loopback sources are local processes (the simulator, benchmarks, a co-located agent) and cannot
+    // be spoofed from outside (limits.ts isLoopback): coap.limits.exemptLoopback skips the rate limits.
+    const limited = !(limits.exemptLoopback && isLoopback(address));
+    if (limited && sourceLimiter !== null) {
+      // Per source address, every request datagram (duplicates too: each costs an answer). Decided
+      // from the header alone, before parsing.
+      const waitS = sourceLimiter.take(address, receivedAt);
+      if (waitS > 0) {
+        const spec = tooManyRequestsResponse(`WANWU_ERR_RATE_LIMITED source ${address} over ${limits.perSource.perSecond}/s`, waitS);
+        refuse('rateLimitedSource', confirmable, messageId, msg.subarray(4, 4 + tkl), spec, address, port, msg.length);
+        return;
+      }
+    }
+
     const seen = confirmable ? conSeen : nonSeen;
     const known = seen.get(key);
     if (known !== undefined) {
@@ -306,7 +372,12 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       // working on a CON inside the piggyback window, stay silent (the ACK follows shortly; a second
       // ACK would force a separate response). After an empty ACK, `known` holds that empty ACK.
       counters.duplicates++;
-      if (known !== IN_PROGRESS) send(Buffer.from(known, 'latin1'), port, address);
+      if (known === IN_PROGRESS) return;
+      // A real retransmission repeats the request byte for byte (§4.2), so it is as large as the
+      // request the cached response was fitted to. A smaller datagram reusing the message id and
+      // token would turn the cache into an amplifier (§11.3): it gets no answer.
+      if (known.length <= msg.length) send(Buffer.from(known, 'latin1'), port, address);
+      else counters.refused.amplification++;
       return;
     }
 
@@ -327,7 +398,9 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     if (verdict.kind === 'respond') {
       // Refusals decided here are deterministic, so they are not cached: a retransmission gets the
       // same answer again (§4.5 allows this for idempotent handling).
-      respondNow(confirmable, messageId, packet.token, verdict.response, address, port);
+      if (verdict.reason !== undefined) counters.refused[verdict.reason]++;
+      if (verdict.transfer !== undefined) reassembler.abandon(transferKey(peerKey, verdict.transfer));
+      respondNow(confirmable, messageId, packet.token, verdict.response, address, port, msg.length);
       if (verdict.refused && opts.refuse) {
         // An identified device's payload was received and refused: count it and keep it (truncated
         // to the limit by the pipeline) as a dead letter. Each retransmission is counted again.
@@ -339,14 +412,57 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       }
       return;
     }
-    if (inFlight >= tuning.maxInFlight) {
-      // Overload guard: ingest is not keeping up; keep the per-exchange state bounded.
-      const spec = errorResponse('5.03', `overloaded: ${inFlight} requests in progress; retry later`, tuning.retryAfterS);
-      respondNow(confirmable, messageId, packet.token, spec, address, port);
+    const { target, block1 } = verdict;
+    if (limited && deviceLimiter !== null && (block1 === undefined || block1.num === 0)) {
+      // Per device named by the path, once per request body: a plain request or the first block.
+      const waitS = deviceLimiter.take(`${target.productKey}/${target.deviceName}`, receivedAt);
+      if (waitS > 0) {
+        const spec = tooManyRequestsResponse(
+          `WANWU_ERR_RATE_LIMITED device ${target.productKey}/${target.deviceName} over ${limits.perDevice.perSecond}/s`,
+          waitS,
+        );
+        refuse('rateLimitedDevice', confirmable, messageId, packet.token, spec, address, port, msg.length);
+        return;
+      }
+    }
+    if (inFlight >= tuning.maxInFlight && (block1 === undefined || !block1.more)) {
+      // Overload guard: ingest is not keeping up; keep the per-exchange state bounded. (Checked before
+      // a last block is taken, so its transfer survives for the retry.)
+      const spec = errorResponse('5.03', `WANWU_ERR_OVERLOADED ${inFlight} requests in progress; retry later`, tuning.retryAfterS);
+      refuse('overloaded', confirmable, messageId, packet.token, spec, address, port, msg.length);
       return;
     }
+    let payload = packet.payload;
+    if (block1 !== undefined) {
+      const offset = block1.num * block1.size;
+      const step = reassembler.add(transferKey(peerKey, target), offset, block1.more, packet.payload, receivedAt);
+      if (step.kind === 'continue') {
+        // §2.9.1: 2.31 Continue, cached so a retransmitted block is answered without being stored twice.
+        const bytes = respondNow(confirmable, messageId, packet.token, continueResponse(block1), address, port, msg.length);
+        seen.add(key, bytes.toString('latin1'));
+        return;
+      }
+      if (step.kind === 'incomplete') {
+        // §2.9.2: 4.08 Request Entity Incomplete; the client starts over with block 0.
+        const want = step.expected === 0 ? 'block 0: no transfer in progress' : `the block at byte ${step.expected}`;
+        const spec = errorResponse('4.08', `WANWU_ERR_INCOMPLETE Block1 block ${block1.num} (byte ${offset}); expected ${want}`, 0);
+        refuse('incomplete', confirmable, messageId, packet.token, spec, address, port, msg.length);
+        return;
+      }
+      if (step.kind === 'full') {
+        const spec = errorResponse('5.03', `WANWU_ERR_OVERLOADED ${limits.maxReassemblies} block-wise transfers in progress; retry later`, tuning.retryAfterS);
+        refuse('reassemblyLimit', confirmable, messageId, packet.token, spec, address, port, msg.length);
+        return;
+      }
+      payload = step.body;
+    }
     seen.add(key, IN_PROGRESS);
-    startExchange(verdict.target, packet, key, confirmable, messageId, address, port, receivedAt);
+    startExchange(target, payload, packet.token, key, confirmable, messageId, address, port, receivedAt, msg.length, block1);
+  }
+
+  /** A Block1 transfer is keyed by the endpoint and the resource (RFC 7959 §2.5), not the token. */
+  function transferKey(peerKey: string, target: UplinkTarget): string {
+    return `${peerKey}\u0000${target.topic}`;
   }
 
   function rejectOrIgnore(confirmable: boolean, messageId: number, address: string, port: number): void {
@@ -356,24 +472,29 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
 
   function startExchange(
     target: UplinkTarget,
-    packet: ParsedPacket,
+    payload: Buffer,
+    token: Buffer,
     key: string,
     confirmable: boolean,
     messageId: number,
     address: string,
     port: number,
     receivedAt: number,
+    maxBytes: number,
+    block1: BlockValue | undefined,
   ): void {
     const ex: Exchange = {
       key,
       address,
       port,
       messageId,
-      token: packet.token,
+      token,
       confirmable,
       alinkJson: target.route.type !== 'up-raw',
       separate: false,
       deadline: 0,
+      maxBytes,
+      block1: block1 === undefined ? undefined : { num: block1.num, more: false, szx: block1.szx },
     };
     const raw: RawMessage = {
       transport: 'coap',
@@ -381,7 +502,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       deviceName: target.deviceName,
       topic: target.topic,
       route: target.route,
-      payload: packet.payload,
+      payload,
       receivedAt,
       peer: `${address}:${port}`,
     };
@@ -414,23 +535,24 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       if (outcome.error !== undefined && outcome.error.coapCode === '5.00') {
         logger.warn({ err: outcome.error, peer: `${ex.address}:${ex.port}` }, 'CoAP ingest failed internally');
       }
-      const spec = outcomeResponse(outcome, ex.alinkJson, tuning.retryAfterS);
+      let spec = outcomeResponse(outcome, ex.alinkJson, tuning.retryAfterS);
+      if (ex.block1 !== undefined) spec = { ...spec, options: [...(spec.options ?? []), block1Option(ex.block1)] };
       if (socket === null) {
         counters.ignored++; // stopped: the response is dropped
         return;
       }
       if (!ex.confirmable) {
-        const bytes = respondNow(false, ex.messageId, ex.token, spec, ex.address, ex.port);
+        const bytes = respondNow(false, ex.messageId, ex.token, spec, ex.address, ex.port, ex.maxBytes);
         nonSeen.update(ex.key, bytes.toString('latin1'));
       } else if (!ex.separate) {
         // §5.2.1: piggybacked in the ACK, same message id, token echoed.
-        const bytes = respondNow(true, ex.messageId, ex.token, spec, ex.address, ex.port);
+        const bytes = respondNow(true, ex.messageId, ex.token, spec, ex.address, ex.port, ex.maxBytes);
         conSeen.update(ex.key, bytes.toString('latin1'));
       } else {
         // §5.2.2: separate response as a CON with our own message id; the cached answer for a
         // retransmitted request stays the empty ACK.
         const messageId = allocMessageId();
-        sendSeparate(encodeResponse('con', messageId, ex.token, spec), messageId, ex.address, ex.port);
+        sendSeparate(encodeFitted('con', messageId, ex.token, spec, ex.maxBytes), messageId, ex.address, ex.port);
         count(spec.code);
       }
     } catch (err) {
@@ -541,17 +663,25 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     });
     s.on('error', onSocketError);
     s.on('message', onMessage);
+    try {
+      s.setRecvBufferSize(tuning.recvBufferBytes);
+    } catch (err) {
+      logger.warn({ err: (err as Error).message, bytes: tuning.recvBufferBytes }, 'CoAP socket receive buffer left at the system default');
+    }
     socket = s;
     const a = s.address();
     bound = { address: a.address, port: a.port };
     resetCaches();
     // Frees expired generations when traffic stops (lookups rotate lazily otherwise).
-    const span = Math.max(1_000, Math.floor(tuning.nonLifetimeMs / Math.max(1, tuning.dedupGenerations - 1)));
+    const span = Math.max(1_000, Math.min(tuning.reassemblyIdleMs, Math.floor(tuning.nonLifetimeMs / Math.max(1, tuning.dedupGenerations - 1))));
     maintenanceTimer = setInterval(() => {
       const t = now();
       conSeen.maintain(t);
       nonSeen.maintain(t);
       peersSeen.maintain(t);
+      sourceLimiter?.maintain(t);
+      deviceLimiter?.maintain(t);
+      reassembler.sweep(t);
     }, span);
     maintenanceTimer.unref();
     accepting = true;
@@ -633,6 +763,16 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
         retransmissions: counters.retransmissions,
         separateTimeouts: counters.separateTimeouts,
         inFlight,
+        refused: { ...counters.refused },
+        reassemblies: reassembler.size,
+        reassemblyBytes: reassembler.bytes,
+        tracked: { sources: sourceLimiter?.size ?? 0, devices: deviceLimiter?.size ?? 0 },
+        evicted: {
+          dedup: conSeen.evicted + nonSeen.evicted,
+          peers: peersSeen.evicted,
+          sources: sourceLimiter?.evicted ?? 0,
+          devices: deviceLimiter?.evicted ?? 0,
+        },
       };
     },
 

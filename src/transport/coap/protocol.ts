@@ -31,6 +31,12 @@ export const ACK_RANDOM_FACTOR = 1.5;
 export const MAX_RETRANSMIT = 4;
 export const EXCHANGE_LIFETIME_MS = 247_000;
 export const NON_LIFETIME_MS = 145_000;
+/**
+ * RFC 7252 §4.8.2 MAX_TRANSMIT_SPAN: the longest time from the first transmission of a CON message
+ * to its last retransmission (45 s with the defaults). It bounds the gap between two blocks of a
+ * Block1 transfer that is still alive, so it is how long a reassembly waits for its next block.
+ */
+export const MAX_TRANSMIT_SPAN_MS = 45_000;
 
 /**
  * Option numbers by the names coap-packet's parser reports (it names the options it knows and
@@ -77,12 +83,45 @@ export function optionNumber(name: string | number): number {
  * accepted and ignored (one virtual host, no query parameters); Accept is ignored because every
  * response is either the Alink JSON reply or a diagnostic; Block2 (early negotiation, RFC 7959
  * §2.4) is ignored because responses are far smaller than any block size worth negotiating.
- * Block1 and Proxy-Uri/Proxy-Scheme are recognized and answered on their own (4.13, 5.05).
+ * Block1 is reassembled (RFC 7959, block1.ts); Proxy-Uri/Proxy-Scheme are answered 5.05.
  */
 const UNDERSTOOD_CRITICAL: ReadonlySet<number> = new Set([3, 7, 11, 15, 17, 23, 27, 35, 39]);
 
 export function isUnsupportedCritical(option: number): boolean {
   return (option & 1) === 1 && !UNDERSTOOD_CRITICAL.has(option);
+}
+
+/** A Block1/Block2 option value, RFC 7959 §2.2: NUM (4, 12 or 20 bits) | M (1 bit) | SZX (3 bits). */
+export interface BlockValue {
+  /** Block number: the block's offset is num x size. */
+  num: number;
+  /** More flag: further blocks follow. */
+  more: boolean;
+  /** Size exponent: the block size is 2 ** (szx + 4); 7 is reserved (BERT, RFC 8323 only). */
+  szx: number;
+}
+
+/** Largest Block1/Block2 option value length (RFC 7959 §2.2: 0-3 bytes, NUM up to 2^20 - 1). */
+export const BLOCK_OPTION_MAX_BYTES = 3;
+
+/** Decodes a Block option value of 0-3 bytes (the caller checks the length). 0 bytes = num 0, M 0, SZX 0. */
+export function decodeBlock(value: Buffer): BlockValue {
+  let v = 0;
+  for (let i = 0; i < value.length; i++) v = v * 256 + value[i]!;
+  return { num: Math.floor(v / 16), more: (v & 0x08) !== 0, szx: v & 0x07 };
+}
+
+/** Encodes a Block option value minimally (RFC 7252 §3.2 uint). */
+export function encodeBlock(b: BlockValue): Buffer {
+  return encodeUint(b.num * 16 + (b.more ? 0x08 : 0) + b.szx);
+}
+
+/** Reads a uint option value (RFC 7252 §3.2) of up to 4 bytes; longer values give NaN. */
+export function decodeUint(value: Buffer): number {
+  if (value.length > 4) return Number.NaN;
+  let v = 0;
+  for (let i = 0; i < value.length; i++) v = v * 256 + value[i]!;
+  return v;
 }
 
 /** Minimal big-endian encoding of an unsigned option value (RFC 7252 §3.2 "uint"): 0 is zero bytes. */

@@ -4,14 +4,20 @@
 import type { ParsedPacket } from 'coap-packet';
 import { parseUplinkTopic } from '../../thing-model/topic.js';
 import type { UplinkRoute } from '../../types.js';
+import type { RefusalReason } from './limits.js';
 import {
+  BLOCK_OPTION_MAX_BYTES,
+  decodeBlock,
+  decodeUint,
   isUnsupportedCritical,
   METHOD_NAMES,
   OPT_BLOCK1,
   OPT_PROXY_SCHEME,
   OPT_PROXY_URI,
+  OPT_SIZE1,
   OPT_URI_PATH,
   optionNumber,
+  type BlockValue,
 } from './protocol.js';
 import { errorResponse, tooLargeResponse, type ResponseSpec } from './responses.js';
 
@@ -26,13 +32,27 @@ export interface UplinkTarget {
   route: UplinkRoute;
 }
 
+/** A valid Block1 option (RFC 7959 §2.2) with its block size in bytes. */
+export interface Block1 extends BlockValue {
+  size: number;
+}
+
 export type RequestVerdict =
-  | { kind: 'ingest'; target: UplinkTarget }
+  /** For the pipeline; `block1` when the payload is one block of a block-wise upload (RFC 7959). */
+  | { kind: 'ingest'; target: UplinkTarget; block1?: Block1 }
   /**
    * Answer with this response; nothing reaches ingest. `refused` is set when an identified device's
    * payload was refused here (too large), so the listener can report it for counting and dead-lettering.
+   * `reason` names a limit the request ran into, for the listener's refusal counters.
    */
-  | { kind: 'respond'; response: ResponseSpec; refused?: { target: UplinkTarget; code: 'WANWU_ERR_TOO_LARGE'; message: string } }
+  | {
+      kind: 'respond';
+      response: ResponseSpec;
+      refused?: { target: UplinkTarget; code: 'WANWU_ERR_TOO_LARGE'; message: string };
+      reason?: RefusalReason;
+      /** A refused Block1 block: the transfer it belongs to (this peer, this topic) is abandoned. */
+      transfer?: UplinkTarget;
+    }
   /** Reject the message (RFC 7252 §4.3: a NON is then ignored), e.g. an unknown critical option in a NON request. */
   | { kind: 'reject' };
 
@@ -42,7 +62,9 @@ interface RequestFacts {
   maxPayloadBytes: number;
   /** Uri-Path option values, in order. */
   segments: string[];
-  block1: boolean;
+  block1?: BlockValue;
+  /** Size1 (RFC 7959 §4): in a Block1 request, the client's estimate of the whole body, in bytes. */
+  size1?: number;
   proxy: boolean;
   /** First critical option we do not understand, or -1. */
   badCritical: number;
@@ -94,28 +116,51 @@ const checkMethod: Step = (f) => {
 };
 
 /**
- * Block-wise uploads (RFC 7959 Block1) are not supported yet (a later issue adds them): a Block1
- * request is answered 4.13 with Size1 (RFC 7959 §2.9.3), telling the device to send one message.
+ * One block of a block-wise upload (RFC 7959 Block1), checked on its own, before anything is stored:
+ * the SZX (§2.2), the body limit (§2.9.3), then the payload size (§2.2). The body is refused with 4.13
+ * as soon as it is known to exceed coap.maxPayloadBytes: the client announced more in Size1 (§4), this
+ * block ends past the limit, or it ends at the limit with M set (more bytes follow). So a block such
+ * as num 1048575 is refused from its header alone, and no transfer ever holds more than the limit.
  */
-const checkBlock1: Step = (f) =>
-  f.block1
-    ? {
-        kind: 'respond',
-        response: tooLargeResponse(
-          `WANWU_ERR_TOO_LARGE block-wise transfer (Block1) not supported; send at most ${f.maxPayloadBytes} bytes`,
-          f.maxPayloadBytes,
-        ),
-      }
-    : undefined;
+const checkBlock1: Step = (f) => {
+  const b = f.block1;
+  if (b === undefined) return undefined;
+  // §2.2: "The value 7 for SZX ... is reserved ... and MUST lead to a 4.00 Bad Request response code
+  // upon reception in a request." (BERT, RFC 8323 §6, uses it over reliable transports only.)
+  if (b.szx === 7) return badBlock(f, `Block1 SZX 7 is reserved (RFC 7959 §2.2); use SZX 0-6 (16-1024 bytes)`);
+  const size = 16 << b.szx;
+  const len = f.packet.payload.length;
+  const offset = b.num * size; // at most (2^20 - 1) * 1024 < 2^30: exact in a double
+  const max = f.maxPayloadBytes;
+  // The least the body can be: with M set, this block is full and at least one more byte follows.
+  const least = b.more ? offset + size + 1 : offset + len;
+  const announced = f.size1 !== undefined && f.size1 > max;
+  if (announced || least > max) {
+    const text = announced
+      ? `WANWU_ERR_TOO_LARGE Block1 body of ${f.size1} bytes (Size1) exceeds the limit of ${max}`
+      : `WANWU_ERR_TOO_LARGE Block1 body of at least ${least} bytes exceeds the limit of ${max}`;
+    return { kind: 'respond', response: tooLargeResponse(text, max), reason: 'tooLarge', transfer: f.target };
+  }
+  // §2.2: every block but the last carries exactly the block size; the last carries at most that.
+  if (b.more ? len !== size : len > size) {
+    return badBlock(f, `Block1 block ${b.num} carries ${len} bytes; the block size is ${size}${b.more ? ' and M is set' : ''}`);
+  }
+  return undefined;
+};
 
-/** RFC 7252 §5.9.2.9: 4.13 Request Entity Too Large, with Size1 (§5.10.9). */
+function badBlock(f: RequestFacts, text: string): RequestVerdict {
+  return { kind: 'respond', response: errorResponse('4.00', `WANWU_ERR_BLOCKWISE ${text}`, 0), reason: 'badBlock', transfer: f.target };
+}
+
+/** RFC 7252 §5.9.2.9: 4.13 Request Entity Too Large, with Size1 (§5.10.9). Block1 requests were checked above. */
 const checkSize: Step = (f) => {
-  if (f.packet.payload.length <= f.maxPayloadBytes) return undefined;
+  if (f.block1 !== undefined || f.packet.payload.length <= f.maxPayloadBytes) return undefined;
   const message = `payload of ${f.packet.payload.length} bytes exceeds the limit of ${f.maxPayloadBytes}`;
   return {
     kind: 'respond',
     response: tooLargeResponse(`WANWU_ERR_TOO_LARGE ${message}`, f.maxPayloadBytes),
     refused: { target: f.target!, code: 'WANWU_ERR_TOO_LARGE', message },
+    reason: 'tooLarge',
   };
 };
 
@@ -124,14 +169,23 @@ export const REQUEST_STEPS: readonly Step[] = [checkCriticalOptions, checkProxy,
 
 /** Decides what to do with a request (class 0 code other than 0.00) that coap-packet parsed. */
 export function inspectRequest(packet: ParsedPacket, confirmable: boolean, maxPayloadBytes: number): RequestVerdict {
-  const facts: RequestFacts = { packet, confirmable, maxPayloadBytes, segments: [], block1: false, proxy: false, badCritical: -1 };
+  const facts: RequestFacts = { packet, confirmable, maxPayloadBytes, segments: [], proxy: false, badCritical: -1 };
   const options = packet.options;
   for (let i = 0; i < options.length; i++) {
     const opt = options[i]!;
     const n = optionNumber(opt.name);
     if (n === OPT_URI_PATH) facts.segments.push(opt.value.toString('utf8'));
-    else if (n === OPT_BLOCK1) facts.block1 = true;
-    else if (n === OPT_PROXY_URI || n === OPT_PROXY_SCHEME) facts.proxy = true;
+    else if (n === OPT_BLOCK1) {
+      // RFC 7252 §5.4.3: a value length outside 0-3 bytes (RFC 7959 §2.2) makes the option
+      // unrecognized; §5.4.5: so does a second occurrence of this non-repeatable option. Block1 is
+      // critical, so either is 4.02 Bad Option (or a rejected NON).
+      if (opt.value.length > BLOCK_OPTION_MAX_BYTES || facts.block1 !== undefined) {
+        if (facts.badCritical < 0) facts.badCritical = OPT_BLOCK1;
+      } else facts.block1 = decodeBlock(opt.value);
+    } else if (n === OPT_SIZE1) {
+      // Elective: a value longer than 4 bytes is ignored (§5.4.3), as decodeUint's NaN never compares greater.
+      facts.size1 = decodeUint(opt.value);
+    } else if (n === OPT_PROXY_URI || n === OPT_PROXY_SCHEME) facts.proxy = true;
     else if (facts.badCritical < 0 && isUnsupportedCritical(n)) facts.badCritical = n;
   }
   for (const step of REQUEST_STEPS) {
@@ -139,7 +193,9 @@ export function inspectRequest(packet: ParsedPacket, confirmable: boolean, maxPa
     if (verdict !== undefined) return verdict;
   }
   // checkPath always sets target when it lets the request through.
-  return { kind: 'ingest', target: facts.target! };
+  const b = facts.block1;
+  if (b === undefined) return { kind: 'ingest', target: facts.target! };
+  return { kind: 'ingest', target: facts.target!, block1: { num: b.num, more: b.more, szx: b.szx, size: 16 << b.szx } };
 }
 
 /** The detail part of a dotted code ('0.02' -> 2). */

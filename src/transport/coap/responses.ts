@@ -2,7 +2,19 @@
 
 import { generate, type Option } from 'coap-packet';
 import type { IngestOutcome } from '../../types.js';
-import { CONTENT_FORMAT_JSON, diagnostic, encodeUint, OPT_CONTENT_FORMAT, OPT_MAX_AGE, OPT_SIZE1, TYPE_ACK, TYPE_RST } from './protocol.js';
+import {
+  CONTENT_FORMAT_JSON,
+  diagnostic,
+  encodeBlock,
+  encodeUint,
+  OPT_BLOCK1,
+  OPT_CONTENT_FORMAT,
+  OPT_MAX_AGE,
+  OPT_SIZE1,
+  TYPE_ACK,
+  TYPE_RST,
+  type BlockValue,
+} from './protocol.js';
 
 /** What to answer, independent of how it travels (piggybacked ACK, separate CON, NON). */
 export interface ResponseSpec {
@@ -32,6 +44,31 @@ export function encodeResponse(carrier: Carrier, messageId: number, token: Buffe
     options: spec.options === undefined ? [] : spec.options.slice(),
     payload: spec.payload,
   });
+}
+
+/**
+ * Serializes a response no larger than `maxBytes`: the size of the request it answers. RFC 7252 §11.3:
+ * a response larger than its request lets anyone who spoofs a victim's address amplify traffic
+ * towards it, and CoAP requests are not authenticated. Usually the response is far smaller and this
+ * costs one length comparison. Otherwise, in turn: a diagnostic payload (class 4/5) is cut to fit on
+ * a UTF-8 boundary, a success payload (the Alink reply) is dropped whole with its Content-Format (a
+ * cut JSON document would be worse than none), and if the options alone still do not fit, they go
+ * too. What is left (header and the echoed token) is never larger than the request.
+ */
+export function encodeFitted(carrier: Carrier, messageId: number, token: Buffer, spec: ResponseSpec, maxBytes: number): Buffer {
+  const bytes = encodeResponse(carrier, messageId, token, spec);
+  if (bytes.length <= maxBytes) return bytes;
+  const success = spec.code.startsWith('2.');
+  const options = success ? (spec.options ?? []).filter((o) => o.name !== OPT_CONTENT_FORMAT) : spec.options;
+  const bare = encodeResponse(carrier, messageId, token, { code: spec.code, options });
+  // The payload marker 0xFF takes one byte (§3).
+  const room = maxBytes - bare.length - 1;
+  if (!success && spec.payload !== undefined && room > 0) {
+    const cut = diagnostic(spec.payload.toString('utf8'), room);
+    if (cut.length > 0) return encodeResponse(carrier, messageId, token, { code: spec.code, options, payload: cut });
+  }
+  if (bare.length <= maxBytes) return bare;
+  return encodeResponse(carrier, messageId, token, { code: spec.code });
 }
 
 /** An Empty message (code 0.00, no token, RFC 7252 §4.1): an empty ACK or a RST. */
@@ -70,6 +107,21 @@ export function errorResponse(coapCode: string, text: string, retryAfterS: numbe
   const opts = options === undefined ? [] : options.slice();
   if (coapCode === '5.03') opts.push({ name: OPT_MAX_AGE, value: encodeUint(retryAfterS) });
   return { code: coapCode, options: opts, payload: diagnostic(text) };
+}
+
+/** 2.31 Continue (RFC 7959 §2.9.1) for a stored non-final Block1 block, echoing its Block1 option (§2.3). */
+export function continueResponse(block: BlockValue): ResponseSpec {
+  return { code: '2.31', options: [block1Option(block)] };
+}
+
+/** The Block1 option of a response: which block it acknowledges (RFC 7959 §2.3). */
+export function block1Option(block: BlockValue): Option {
+  return { name: OPT_BLOCK1, value: encodeBlock(block) };
+}
+
+/** 4.29 Too Many Requests (RFC 8516 §3) with Max-Age: the seconds after which to retry. */
+export function tooManyRequestsResponse(text: string, retryAfterS: number): ResponseSpec {
+  return { code: '4.29', options: [{ name: OPT_MAX_AGE, value: encodeUint(retryAfterS) }], payload: diagnostic(text) };
 }
 
 /** 4.13 Request Entity Too Large with Size1 = the largest body we accept (RFC 7252 §5.9.2.9, §5.10.9). */

@@ -5,19 +5,42 @@
 // message (lib/handlers/publish.js, QoS 1), so the uplink is decoded and committed inside authorizePublish.
 // The callback runs only once the record (or the dead letter) is durable; if the buffer fails, the
 // callback carries an error, aedes closes the connection without PUBACK, and the device re-sends.
+//
+// Limits (MqttLimits, README "Limits"): every socket goes through a PacketGuard (guard.ts) that
+// judges each packet by its fixed header before aedes buffers it; logins are checked for identifier
+// characters, keepalive range and connect floods before the sign is verified; topics for length and
+// depth; device publishes pass a per-device token bucket (limits.ts). Every refusal is counted by
+// reason (stats().refused); refused logins go to a rate-limited audit log (logger.warn).
 
-import { createServer, type Server, type AddressInfo } from 'node:net';
+import { createServer, type Server, type AddressInfo, type Socket } from 'node:net';
 import { timingSafeEqual } from 'node:crypto';
 import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
+import { MQTT_LIMITS_DEFAULTS } from '../../config/schema.js';
 import { WanwuError, type ErrorCode } from '../../errors.js';
-import type { Registry } from '../../registry/index.js';
-import { parseMqttLogin, verifySign } from '../../registry/sign.js';
+import { deviceRefusal, type Registry } from '../../registry/index.js';
+import { parseMqttLogin, verifySign, type MqttLogin } from '../../registry/sign.js';
 import type { IngestHandler, IngestOutcome, Logger, RawMessage } from '../../types.js';
 import { parseUplinkTopic, replyTopic } from '../../thing-model/topic.js';
+import { GuardedConnection, MQTT_MAX_PACKET_BYTES, PacketGuard } from './guard.js';
+import { AuditLog, ConnectFloodDetector, identifierRefused, PublishRateLimiter, topicRefusal, type MqttRefusal } from './limits.js';
+
+export { MQTT_REFUSALS, type MqttRefusal } from './limits.js';
 
 export interface MqttAccount {
   username: string;
   password: string;
+}
+
+/** The `mqtt.limits` configuration (src/config/schema.ts has each key's unit and default). */
+export interface MqttLimits {
+  maxPacketBytes: number;
+  maxTopicLength: number;
+  maxTopicLevels: number;
+  keepaliveMinS: number;
+  keepaliveMaxS: number;
+  maxConnections: number;
+  publishRate: { perSecond: number; burst: number; maxDelayMs: number };
+  connectFlood: { maxPerMinute: number; banS: number };
 }
 
 export interface MqttListenerOptions {
@@ -30,9 +53,15 @@ export interface MqttListenerOptions {
   refuse: (raw: Omit<RawMessage, 'route'>, error: WanwuError) => Promise<void>;
   /** Application accounts: may subscribe under wanwu/ only. */
   apps: readonly MqttAccount[];
-  /** Internal accounts (the local forwarder): may publish under wanwu/ only. */
+  /** Internal accounts (the local forwarder): may publish under wanwu/ only. Exempt from the device limits. */
   publishers: readonly MqttAccount[];
   logger: Logger;
+  /** mqtt.maxPayloadBytes: a device PUBLISH over limits.maxPacketBytes is cut to this + 1 payload bytes. Default 64 KiB. */
+  maxPayloadBytes?: number;
+  /** Default MQTT_LIMITS_DEFAULTS. */
+  limits?: MqttLimits;
+  /** Clock of the rate limiter and the ban (tests). Default Date.now. */
+  now?: () => number;
 }
 
 export interface MqttListenerStats {
@@ -44,6 +73,16 @@ export interface MqttListenerStats {
   connects: number;
   authFailures: Partial<Record<ErrorCode, number>>;
   forbidden: number;
+  /** Open TCP connections (every role, logged in or not). */
+  connections: number;
+  /** Refusals of the limits, by reason (README "Limits"). */
+  refused: Partial<Record<MqttRefusal, number>>;
+  /** Device publishes held back for their rate token (slowed down, then accepted). */
+  throttled: number;
+  /** Identities banned right now by the connect-flood rule. */
+  bans: number;
+  /** Audit lines (refused logins) left out by the audit log's rate limit. */
+  auditSuppressed: number;
 }
 
 export interface MqttListener {
@@ -54,15 +93,43 @@ export interface MqttListener {
 }
 
 type Session =
-  | { role: 'device'; productKey: string; deviceName: string; prefix: string }
+  | { role: 'device'; productKey: string; deviceName: string; prefix: string; key: string }
   | { role: 'app' }
   | { role: 'publisher' };
+
+interface LoginContext {
+  client: Client;
+  username: string | undefined;
+  password: Buffer | undefined;
+  now: number;
+  login: MqttLogin | null;
+  /** The ban key of the device: `{productKey}/{deviceName}` (or the client id when it is not a device login). */
+  identity: string;
+  /** The ban key of failed logins: source address and identity. */
+  failureKey: string;
+}
+
+/** A login step's verdict: accepted with a session, or refused with a code and a CONNACK return code. */
+type LoginVerdict =
+  | { session: Session }
+  | { code: ErrorCode; message: string; returnCode: 2 | 4 | 5; reason?: MqttRefusal; authFailure?: boolean };
 
 /** Prefix application traffic lives under (the local upstream's default topic template). */
 const APP_ROOT = 'wanwu/';
 
+/** The error aedes raises for a topic deeper than its maxTopicLevels (lib/utils.js, handlers/publish.js). */
+const AEDES_TOO_MANY_LEVELS = 'topic has too many levels';
+
+/** How often idle rate buckets and expired bans are forgotten, in ms. */
+const SWEEP_MS = 60_000;
+
 export function createMqttListener(opts: MqttListenerOptions): MqttListener {
   return new AedesListener(opts);
+}
+
+interface Hold {
+  timer: NodeJS.Timeout;
+  abort: () => void;
 }
 
 class AedesListener implements MqttListener {
@@ -70,16 +137,47 @@ class AedesListener implements MqttListener {
   private server: Server | null = null;
   private bound = { address: '', port: 0 };
   private readonly sessions = new WeakMap<Client, Session>();
-  private counts = { devices: 0, apps: 0, connects: 0, forbidden: 0 };
+  /** The keepalive each CONNECT asked for, seen in preConnect, checked in authenticate. */
+  private readonly keepalives = new WeakMap<Client, number>();
+  private readonly sockets = new Set<Socket>();
+  private readonly holds = new Set<Hold>();
+  private sweeper: NodeJS.Timeout | null = null;
+  private counts = { devices: 0, apps: 0, connects: 0, forbidden: 0, throttled: 0 };
   private authFailures: Partial<Record<ErrorCode, number>> = {};
+  private refused: Partial<Record<MqttRefusal, number>> = {};
+  private readonly limits: MqttLimits;
+  private readonly maxPayloadBytes: number;
+  private readonly now: () => number;
+  private readonly rate: PublishRateLimiter | null;
+  /** Successful device logins, keyed by device: the flapping rule. */
+  private readonly floods: ConnectFloodDetector | null;
+  /** Failed device logins, keyed by source address and claimed identity (see loginSteps). */
+  private readonly failures: ConnectFloodDetector | null;
+  private readonly audit: AuditLog;
 
-  constructor(private readonly opts: MqttListenerOptions) {}
+  constructor(private readonly opts: MqttListenerOptions) {
+    this.limits = opts.limits ?? MQTT_LIMITS_DEFAULTS;
+    this.maxPayloadBytes = opts.maxPayloadBytes ?? 64 * 1024;
+    this.now = opts.now ?? Date.now;
+    const { publishRate, connectFlood } = this.limits;
+    this.rate = publishRate.perSecond > 0 ? new PublishRateLimiter(publishRate) : null;
+    this.floods = connectFlood.maxPerMinute > 0 ? new ConnectFloodDetector(connectFlood) : null;
+    this.failures = connectFlood.maxPerMinute > 0 ? new ConnectFloodDetector(connectFlood) : null;
+    this.audit = new AuditLog(opts.logger, this.now);
+  }
 
   async start(): Promise<void> {
     if (this.broker) return;
     const broker = await Aedes.createBroker({
       // Alibaba-style client ids ({id}|securemode=3,signmethod=...,timestamp=...|) exceed MQTT 3.1's 23.
       maxClientsIdLength: 256,
+      // aedes' own backstop: deeper topics make its matcher (qlobber) throw, so aedes refuses them and
+      // closes the connection. Our lower limit (limits.maxTopicLevels) is applied in the hooks below.
+      maxTopicLevels: 100,
+      preConnect: (client, packet, done) => {
+        this.keepalives.set(client, packet.keepalive ?? 0);
+        done(null, true);
+      },
       authenticate: (client, username, password, done) => this.authenticate(client, username, password, done),
       authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => this.authorizeSubscribe(client, sub, done),
@@ -95,12 +193,14 @@ class AedesListener implements MqttListener {
       else if (s?.role === 'app') this.counts.apps--;
     });
     broker.on('clientError', (client, err) => {
+      if (err.message === AEDES_TOO_MANY_LEVELS) this.count('topicLevels');
       this.opts.logger.debug({ clientId: client?.id, err: err.message }, 'mqtt client error');
     });
     broker.on('connectionError', (_client, err) => {
+      if (err.message === AEDES_TOO_MANY_LEVELS) this.count('topicLevels');
       this.opts.logger.debug({ err: err.message }, 'mqtt connection error');
     });
-    const server = createServer(broker.handle as (socket: import('node:net').Socket) => void);
+    const server = createServer((socket) => this.accept(broker, socket));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.opts.port, this.opts.host, () => {
@@ -113,6 +213,12 @@ class AedesListener implements MqttListener {
     this.bound = { address: addr.address, port: addr.port };
     this.broker = broker;
     this.server = server;
+    this.sweeper = setInterval(() => {
+      const now = this.now();
+      this.rate?.sweep(now);
+      this.floods?.sweep(now);
+      this.failures?.sweep(now);
+    }, SWEEP_MS).unref();
   }
 
   async stop(): Promise<void> {
@@ -120,9 +226,20 @@ class AedesListener implements MqttListener {
     if (!broker || !server) return;
     this.broker = null;
     this.server = null;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
+    // Publishes held for their rate token are not committed: no PUBACK, so the devices send them again.
+    for (const h of this.holds) {
+      clearTimeout(h.timer);
+      h.abort();
+    }
+    this.holds.clear();
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     await new Promise<void>((resolve) => broker.close(() => resolve()));
+    // Sockets that never logged in are not aedes clients, so broker.close() leaves them open.
+    for (const s of this.sockets) s.destroy();
     await closed;
+    this.audit.close();
   }
 
   address(): { address: string; port: number } {
@@ -138,7 +255,34 @@ class AedesListener implements MqttListener {
       connects: this.counts.connects,
       authFailures: { ...this.authFailures },
       forbidden: this.counts.forbidden,
+      connections: this.sockets.size,
+      refused: { ...this.refused },
+      throttled: this.counts.throttled,
+      bans: (this.floods?.activeBans(this.now()) ?? 0) + (this.failures?.activeBans(this.now()) ?? 0),
+      auditSuppressed: this.audit.suppressed,
     };
+  }
+
+  private count(reason: MqttRefusal): void {
+    this.refused[reason] = (this.refused[reason] ?? 0) + 1;
+  }
+
+  /** A new TCP connection: the connection cap, then the packet guard between the socket and aedes. */
+  private accept(broker: Aedes, socket: Socket): void {
+    if (this.sockets.size >= this.limits.maxConnections) {
+      this.count('maxConnections');
+      this.opts.logger.debug({ peer: socket.remoteAddress, code: 'WANWU_ERR_TOO_MANY_CONNECTIONS' }, 'mqtt connection refused');
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+    const guard = new PacketGuard({ maxPacketBytes: this.limits.maxPacketBytes, truncatePublishTo: null }, { truncated: () => this.count('publishTruncated') });
+    const conn = new GuardedConnection(socket, guard, (reason) => {
+      this.count(reason);
+      this.opts.logger.debug({ peer: `${socket.remoteAddress}:${socket.remotePort}`, reason, code: reason === 'packetTooLarge' ? 'WANWU_ERR_TOO_LARGE' : 'WANWU_ERR_MALFORMED' }, 'mqtt connection closed by the packet guard');
+    });
+    broker.handle(conn);
   }
 
   private authenticate(
@@ -147,39 +291,107 @@ class AedesListener implements MqttListener {
     password: Buffer | undefined,
     done: (error: AuthenticateError | null, success: boolean | null) => void,
   ): void {
-    const account = (list: readonly MqttAccount[]) =>
-      username !== undefined && password !== undefined && list.some((a) => a.username === username && sameSecret(a.password, password));
-    if (account(this.opts.publishers)) {
-      this.sessions.set(client, { role: 'publisher' });
-      this.counts.connects++;
-      return done(null, true);
+    const ctx: LoginContext = { client, username, password, now: this.now(), login: null, identity: '', failureKey: '' };
+    for (const step of this.loginSteps) {
+      const verdict = step(ctx);
+      if (!verdict) continue;
+      if ('session' in verdict) {
+        this.sessions.set(client, verdict.session);
+        this.setGuardPolicy(client, verdict.session);
+        this.counts.connects++;
+        return done(null, true);
+      }
+      const r = verdict;
+      if (r.reason) this.count(r.reason);
+      if (r.authFailure) this.authFailures[r.code] = (this.authFailures[r.code] ?? 0) + 1;
+      this.audit.write(
+        { clientId: clip(client.id), username: clip(username), peer: peerOf(client), code: r.code, reason: r.reason ?? 'auth', message: r.message, connack: r.returnCode },
+        'mqtt login refused',
+      );
+      return done(Object.assign(new Error(r.message), { returnCode: r.returnCode }) as AuthenticateError, false);
     }
-    if (account(this.opts.apps)) {
-      this.sessions.set(client, { role: 'app' });
-      this.counts.connects++;
-      return done(null, true);
-    }
-    try {
-      const login = parseMqttLogin(client.id, username);
-      const device = this.opts.registry.device(login.productKey, login.deviceName);
-      if (!device) throw new WanwuError('WANWU_ERR_UNKNOWN_DEVICE', `unknown device ${login.productKey}/${login.deviceName}`);
-      if (!verifySign(login, device.deviceSecret, password)) throw new WanwuError('WANWU_ERR_AUTH', 'bad sign');
-      this.sessions.set(client, {
-        role: 'device',
-        productKey: login.productKey,
-        deviceName: login.deviceName,
-        prefix: `/sys/${login.productKey}/${login.deviceName}/`,
-      });
-      this.counts.connects++;
-      done(null, true);
-    } catch (err) {
-      const code: ErrorCode = err instanceof WanwuError ? err.code : 'WANWU_ERR_AUTH';
-      this.authFailures[code] = (this.authFailures[code] ?? 0) + 1;
-      this.opts.logger.info({ clientId: client.id, username, code, reason: (err as Error).message }, 'mqtt login refused');
-      // CONNACK 4 (bad user name or password) for unknown devices too, so ids cannot be probed.
-      const error = Object.assign(new Error((err as Error).message), { returnCode: 4 }) as AuthenticateError;
-      done(error, false);
-    }
+    done(Object.assign(new Error('no login step accepted the client'), { returnCode: 5 }) as AuthenticateError, false);
+  }
+
+  /** The login checks in order (ARCHITECTURE.md convention 5); the first verdict wins. */
+  private readonly loginSteps: ReadonlyArray<(ctx: LoginContext) => LoginVerdict | undefined> = [
+    // The gateway's own forwarder: trusted, exempt from the device limits.
+    (ctx) => (this.isAccount(this.opts.publishers, ctx) ? { session: { role: 'publisher' } } : undefined),
+    // mosquitto CVE-2017-7650 class: a wildcard or "/" in an identity must never reach a topic pattern.
+    // CONNACK 2 (identifier rejected) for the client id [MQTT-3.2.2-3], 4 for the username.
+    (ctx) =>
+      identifierRefused(ctx.client.id)
+        ? { code: 'WANWU_ERR_PROTOCOL', message: 'client id contains +, #, / or NUL', returnCode: 2, reason: 'clientIdChars' }
+        : identifierRefused(ctx.username)
+          ? { code: 'WANWU_ERR_PROTOCOL', message: 'username contains +, #, / or NUL', returnCode: 4, reason: 'usernameChars' }
+          : undefined,
+    (ctx) => (this.isAccount(this.opts.apps, ctx) ? { session: { role: 'app' } } : undefined),
+    // Devices from here on. MQTT 3.1.1 cannot tell a client which keepalive to use (MQTT 5's Server
+    // Keep Alive can), so one asking for a keepalive outside the range gets CONNACK 2, as mosquitto's
+    // max_keepalive does.
+    (ctx) => {
+      const keepalive = this.keepalives.get(ctx.client) ?? 0;
+      const { keepaliveMinS: min, keepaliveMaxS: max } = this.limits;
+      if (keepalive >= min && keepalive <= max) return undefined;
+      return { code: 'WANWU_ERR_PROTOCOL', message: `keepalive ${keepalive} s is outside ${min}-${max} s`, returnCode: 2, reason: 'keepalive' };
+    },
+    // Ban keys. A device's successful logins count against the device: EMQX's flapping detection keys
+    // by client id, but Alibaba client ids carry a fresh timestamp, so the device is the stable key.
+    // Failed logins count against source address + claimed identity, so nobody without the secret can
+    // get a real device banned, while one address hammering one identity is.
+    (ctx) => {
+      try {
+        ctx.login = parseMqttLogin(ctx.client.id, ctx.username);
+      } catch {
+        /* refused by the sign step, after the ban check */
+      }
+      ctx.identity = ctx.login ? `${ctx.login.productKey}/${ctx.login.deviceName}` : (clip(ctx.client.id) ?? '');
+      ctx.failureKey = `${ipOf(ctx.client)} ${ctx.identity}`;
+      const bannedMs = Math.max(ctx.login ? (this.floods?.bannedFor(ctx.identity, ctx.now) ?? 0) : 0, this.failures?.bannedFor(ctx.failureKey, ctx.now) ?? 0);
+      if (bannedMs === 0) return undefined;
+      return { code: 'WANWU_ERR_BANNED', message: `banned for another ${Math.ceil(bannedMs / 1000)} s after a connect flood`, returnCode: 5, reason: 'banned' };
+    },
+    // The Alibaba sign. CONNACK 4 (bad user name or password) for unknown devices too, so ids cannot be probed.
+    (ctx) => {
+      try {
+        const login = ctx.login ?? parseMqttLogin(ctx.client.id, ctx.username);
+        const device = this.opts.registry.device(login.productKey, login.deviceName);
+        if (!device) throw new WanwuError('WANWU_ERR_UNKNOWN_DEVICE', `unknown device ${login.productKey}/${login.deviceName}`);
+        if (!verifySign(login, device.deviceSecret, ctx.password)) throw new WanwuError('WANWU_ERR_AUTH', 'bad sign');
+        return undefined;
+      } catch (err) {
+        if (this.failures?.record(ctx.failureKey, ctx.now)) this.count('connectFlood');
+        return { code: err instanceof WanwuError ? err.code : 'WANWU_ERR_AUTH', message: (err as Error).message, returnCode: 4, authFailure: true };
+      }
+    },
+    // A disabled device has proved its secret: CONNACK 5 (not authorized) says what is the matter.
+    (ctx) => {
+      const login = ctx.login!;
+      const refusal = deviceRefusal(this.opts.registry.device(login.productKey, login.deviceName)!);
+      return refusal ? { code: refusal.code, message: refusal.message, returnCode: 5, authFailure: true } : undefined;
+    },
+    // Connect flood: one login too many starts the ban.
+    (ctx) => {
+      if (!this.floods?.record(ctx.identity, ctx.now)) return undefined;
+      const { maxPerMinute, banS } = this.limits.connectFlood;
+      return { code: 'WANWU_ERR_BANNED', message: `more than ${maxPerMinute} logins in a minute: banned for ${banS} s`, returnCode: 5, reason: 'connectFlood' };
+    },
+    (ctx) => {
+      const { productKey, deviceName } = ctx.login!;
+      return { session: { role: 'device', productKey, deviceName, prefix: `/sys/${productKey}/${deviceName}/`, key: ctx.identity } };
+    },
+  ];
+
+  private isAccount(list: readonly MqttAccount[], ctx: LoginContext): boolean {
+    const { username, password } = ctx;
+    return username !== undefined && password !== undefined && list.some((a) => a.username === username && sameSecret(a.password, password));
+  }
+
+  /** Packet limits by role: the forwarder's batches may be large; a device's oversize PUBLISH is cut, not refused. */
+  private setGuardPolicy(client: Client, session: Session): void {
+    if (!(client.conn instanceof GuardedConnection)) return;
+    if (session.role === 'publisher') client.conn.guard.policy = { maxPacketBytes: MQTT_MAX_PACKET_BYTES, truncatePublishTo: null };
+    else if (session.role === 'device') client.conn.guard.policy = { maxPacketBytes: this.limits.maxPacketBytes, truncatePublishTo: this.maxPayloadBytes + 1 };
   }
 
   private authorizePublish(client: Client | null, packet: PublishPacket, done: (error?: Error | null) => void): void {
@@ -187,6 +399,13 @@ class AedesListener implements MqttListener {
     if (!client || !session) return done(new Error('publish without a session'));
     if (session.role === 'publisher') {
       return done(packet.topic.startsWith(APP_ROOT) ? null : new Error(`internal publisher may publish under ${APP_ROOT} only`));
+    }
+    const tooBig = topicRefusal(packet.topic, this.limits);
+    if (tooBig) {
+      // Like a publish outside the namespace, it cannot be refused alone in 3.1.1: the connection is
+      // closed. Not dead-lettered: a topic over the limits is abuse, not data.
+      this.count(tooBig);
+      return done(new WanwuError('WANWU_ERR_TOPIC', `topic of ${Buffer.byteLength(packet.topic)} bytes and ${packet.topic.split('/').length} levels is over the limits`));
     }
     const receivedAt = Date.now();
     const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
@@ -210,6 +429,51 @@ class AedesListener implements MqttListener {
       );
       return;
     }
+    const accept = () => this.ingestPublish(session, packet, payload, receivedAt, peer, done);
+    if (!this.rate) return accept();
+    const r = this.rate.reserve(session.key, this.now());
+    if (r.allowed && r.delayMs === 0) return accept();
+    // While this callback is pending aedes reads nothing more from the device's socket, so holding it
+    // slows the device down through TCP itself (as EMQX's rate limiter does) and keeps in memory no
+    // more than the one socket read already parsed.
+    const abort = () => done(new Error('listener stopping'));
+    if (r.allowed) {
+      this.counts.throttled++;
+      return this.hold(r.delayMs, accept, abort);
+    }
+    // Over the rate for longer than maxDelayMs: acknowledged (MQTT 3.1.1 has no refusal for one
+    // PUBLISH [MQTT-3.3.5-2]) but not stored; the Alink reply says 429 so the device sends it again
+    // later. Answered after the publishes already waiting, so replies keep their order.
+    this.count('rateLimited');
+    const error = new WanwuError('WANWU_ERR_RATE_LIMITED', `more than ${this.limits.publishRate.perSecond} messages/s (burst ${this.limits.publishRate.burst}): not stored, send it again later`);
+    const msgId = peekAlinkId(payload);
+    const refuse = () => {
+      done(null);
+      this.reply(packet.topic, { error, committed: 0, deadLettered: false, ...(msgId === undefined ? {} : { msgId }) });
+    };
+    if (r.delayMs > 0) this.hold(r.delayMs, refuse, abort);
+    else refuse();
+  }
+
+  private hold(ms: number, run: () => void, abort: () => void): void {
+    const h: Hold = {
+      timer: setTimeout(() => {
+        this.holds.delete(h);
+        run();
+      }, ms),
+      abort,
+    };
+    this.holds.add(h);
+  }
+
+  private ingestPublish(
+    session: Extract<Session, { role: 'device' }>,
+    packet: PublishPacket,
+    payload: Buffer,
+    receivedAt: number,
+    peer: string,
+    done: (error?: Error | null) => void,
+  ): void {
     let route: RawMessage['route'];
     try {
       route = parseUplinkTopic(packet.topic).route;
@@ -265,11 +529,13 @@ class AedesListener implements MqttListener {
   private authorizeSubscribe(client: Client, sub: Subscription, done: (error: Error | null, subscription?: Subscription | null) => void): void {
     const session = this.sessions.get(client);
     let allowed = false;
-    if (session?.role === 'device') allowed = sub.topic.startsWith(session.prefix);
+    const tooBig = session?.role === 'publisher' ? null : topicRefusal(sub.topic, this.limits);
+    if (tooBig) this.count(tooBig);
+    else if (session?.role === 'device') allowed = sub.topic.startsWith(session.prefix);
     else if (session?.role === 'app') allowed = sub.topic.startsWith(APP_ROOT);
     if (!allowed) {
-      this.counts.forbidden++;
-      this.opts.logger.debug({ clientId: client.id, topic: sub.topic }, 'subscription refused');
+      if (!tooBig) this.counts.forbidden++;
+      this.opts.logger.debug({ clientId: client.id, topic: sub.topic.slice(0, 256), reason: tooBig ?? 'namespace' }, 'subscription refused');
     }
     // A refused subscription gets SUBACK 0x80 [MQTT-3.9.3] and the session stays up.
     done(null, allowed ? sub : null);
@@ -279,4 +545,26 @@ class AedesListener implements MqttListener {
 function sameSecret(expected: string, given: Buffer): boolean {
   const a = Buffer.from(expected, 'utf8');
   return a.length === given.length && timingSafeEqual(a, given);
+}
+
+/** Identifiers as they go into logs and keys: at most 128 characters. */
+function clip(value: string | undefined | null): string | undefined {
+  if (value === undefined || value === null) return undefined;
+  return value.length > 128 ? `${value.slice(0, 128)}...` : value;
+}
+
+function ipOf(client: Client): string {
+  const conn = client.conn as { remoteAddress?: string } | undefined;
+  return conn?.remoteAddress ?? '';
+}
+
+function peerOf(client: Client): string {
+  const conn = client.conn as { remoteAddress?: string; remotePort?: number } | undefined;
+  return `${conn?.remoteAddress ?? ''}:${conn?.remotePort ?? ''}`;
+}
+
+/** The Alink message id of a JSON payload, read cheaply from its first bytes (no full parse for a refusal). */
+function peekAlinkId(payload: Buffer): string | undefined {
+  const m = /"id"\s*:\s*"?([^",}\s]{1,64})/.exec(payload.subarray(0, 256).toString('utf8'));
+  return m?.[1];
 }

@@ -25,7 +25,12 @@ function tempFile(content: string): string {
 describe('config defaults', () => {
   it('embedded defaults: the documented ports, ./data, ./devices and the local upstream', () => {
     const c = loadConfig({ env: {} });
-    expect(c.coap).toEqual({ host: '0.0.0.0', port: 5683, maxPayloadBytes: 1024 });
+    expect(c.coap).toEqual({
+      host: '0.0.0.0',
+      port: 5683,
+      maxPayloadBytes: 1024,
+      limits: { perDevice: { perSecond: 10, burst: 100 }, perSource: { perSecond: 1000, burst: 2000 }, maxPeers: 100_000, maxReassemblies: 1000, exemptLoopback: true },
+    });
     expect(c.mqtt.port).toBe(1883);
     expect(c.mqtt.maxPayloadBytes).toBe(65536);
     expect(c.http.port).toBe(8080);

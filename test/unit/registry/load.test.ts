@@ -161,7 +161,7 @@ describe('registry: broken definitions are refused', () => {
     ['a productKey that is not the folder name', (f) => (f['product.json'].productKey = 'TankNB2'), 'TankNB/product.json: productKey: "TankNB2" does not match its folder name "TankNB"'],
     ['a missing name', (f) => delete f['product.json'].name, 'TankNB/product.json: name: missing (expected a non-empty string)'],
     ['an unknown rat', (f) => (f['product.json'].rat = '5g'), 'TankNB/product.json: rat: expected one of "nb-iot", "cat1", "redcap", got "5g"'],
-    ['an unknown product.json key', (f) => (f['product.json'].codex = {}), 'TankNB/product.json: codex: unknown key (allowed: productKey, name, rat, codec, description)'],
+    ['an unknown product.json key', (f) => (f['product.json'].codex = {}), 'TankNB/product.json: codex: unknown key (allowed: productKey, name, rat, codec, description, cardBinding)'],
     ['a missing codec', (f) => delete f['product.json'].codec, 'TankNB/product.json: codec: missing (expected an object)'],
     ['an unknown codec type', (f) => (f['product.json'].codec = { type: 'zigbee' }), 'TankNB/product.json: codec.type: expected one of "alink-json", "binary", "protobuf", "script", "cbor", got "zigbee"'],
     ['options on alink-json', (f) => (f['product.json'].codec = { type: 'alink-json', fields: [] }), 'TankNB/product.json: codec.fields: unknown key (allowed: type)'],

@@ -74,10 +74,16 @@ describe('inspectRequest: method, size, options', () => {
     expect(inspectRequest(request(PROP, { payload: Buffer.alloc(MAX, 0x61) }), true, MAX).kind).toBe('ingest');
   });
 
-  it('answers 4.13 for a Block1 request (block-wise transfer not supported yet)', () => {
+  it('passes a valid Block1 block on with its NUM, M and size; refuses SZX 7 (4.00) and a body past the limit (4.13) from the header', () => {
     const block1: Option = { name: 'Block1', value: Buffer.from([0x0a]) }; // NUM 0, M=1, SZX 2 (64 bytes)
-    const r = respond(inspectRequest(request(PROP, { payload: Buffer.alloc(64) }, [block1]), true, MAX));
+    const v = inspectRequest(request(PROP, { payload: Buffer.alloc(64) }, [block1]), true, MAX);
+    expect(v.kind === 'ingest' && v.block1).toEqual({ num: 0, more: true, szx: 2, size: 64 });
+    const szx7: Option = { name: 'Block1', value: Buffer.from([0x0f]) }; // NUM 0, M=1, SZX 7 (reserved)
+    expect(respond(inspectRequest(request(PROP, { payload: Buffer.alloc(16) }, [szx7]), true, MAX)).code).toBe('4.00');
+    const far: Option = { name: 'Block1', value: Buffer.from([0xff, 0xff, 0xf6]) }; // NUM 1048575, M=0, SZX 6
+    const r = respond(inspectRequest(request(PROP, { payload: Buffer.alloc(16) }, [far]), true, MAX));
     expect(r.code).toBe('4.13');
+    expect(r.options).toContainEqual({ name: 60, value: Buffer.from([0x04, 0x00]) });
     expect(r.text).toContain('Block1');
   });
 
