@@ -27,6 +27,9 @@ export const ERROR_CODES = {
   WANWU_ERR_UNKNOWN_DEVICE: { fault: 'device', alink: 6100, coap: '4.04', summary: 'unknown product or device' },
   WANWU_ERR_AUTH: { fault: 'device', alink: 401, coap: '4.01', summary: 'device authentication failed (bad client id, username or sign)' },
   WANWU_ERR_FORBIDDEN: { fault: 'device', alink: 403, coap: '4.03', summary: "topic outside the device's own /sys/{pk}/{dn}/ namespace" },
+  // CoAP authentication (src/transport/coap/auth.ts): POST /auth issues a token; uplinks carry it in option 2088 and a sequence number in 2089.
+  WANWU_ERR_TOKEN: { fault: 'device', alink: 401, coap: '4.01', summary: 'CoAP token missing, unknown, expired or revoked: authenticate again with POST /auth' },
+  WANWU_ERR_REPLAY: { fault: 'device', alink: 401, coap: '4.01', summary: 'CoAP sequence number (option 2089) missing or not above the last one accepted for the token, or a /auth sign used twice' },
   WANWU_ERR_TOPIC: { fault: 'device', alink: 6203, coap: '4.04', summary: 'unknown or unsupported topic or CoAP path' },
   WANWU_ERR_TOO_LARGE: { fault: 'device', alink: 460, coap: '4.13', summary: 'payload larger than the configured limit' },
   WANWU_ERR_MALFORMED: { fault: 'device', alink: 6207, coap: '4.00', summary: 'payload cannot be decoded (not JSON, wrong Alink shape, short binary frame)' },

@@ -18,6 +18,8 @@ import { VERSION } from './util/version.js';
 export interface Addresses {
   coap: { address: string; port: number };
   mqtt: { address: string; port: number };
+  /** MQTT over TLS, when mqtt.tls is configured. */
+  mqtts: { address: string; port: number } | null;
   http: { address: string; port: number };
 }
 
@@ -71,6 +73,13 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       logger.info({ productKey: p.productKey, rat: p.rat, codec: p.codec.type, devices: p.devices.size }, 'product loaded');
     }
     for (const warning of registry.warnings) logger.warn({ warning }, 'product definition');
+    // CoAP authentication (src/transport/coap/auth.ts): say at start where the port is open.
+    if (config.coap.auth.mode === 'optional') {
+      logger.warn({ mode: 'optional' }, 'coap.auth.mode is "optional": CoAP uplinks without a token are accepted; set "required" before exposing the port');
+    }
+    for (const p of registry.products) {
+      if (p.auth === 'none') logger.warn({ productKey: p.productKey, auth: 'none' }, 'product opts out of CoAP authentication: its devices may post without a token');
+    }
     buffer = createBuffer({
       path: config.storage.path,
       sync: config.storage.sync,
@@ -102,6 +111,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       logger,
       maxPayloadBytes: config.mqtt.maxPayloadBytes,
       limits: config.mqtt.limits,
+      ...(config.mqtt.tls ? { tls: config.mqtt.tls } : {}),
     });
     await mqtt.start();
     coap = createCoapListener({
@@ -109,6 +119,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       port: config.coap.port,
       maxPayloadBytes: config.coap.maxPayloadBytes,
       limits: config.coap.limits,
+      auth: { ...config.coap.auth, registry },
       ingest: pipeline.ingest,
       refuse: pipeline.refuse,
       logger,
@@ -135,7 +146,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     ready = true;
     const a = addresses();
     logger.info(
-      { coap: `${a.coap.address}:${a.coap.port}/udp`, mqtt: `${a.mqtt.address}:${a.mqtt.port}`, http: `${a.http.address}:${a.http.port}`, storage: config.storage.path, registry: paths.path },
+      { coap: `${a.coap.address}:${a.coap.port}/udp`, mqtt: `${a.mqtt.address}:${a.mqtt.port}`, ...(a.mqtts ? { mqtts: `${a.mqtts.address}:${a.mqtts.port}` } : {}), http: `${a.http.address}:${a.http.port}`, storage: config.storage.path, registry: paths.path },
       'wanwu gateway ready',
     );
   }
@@ -157,6 +168,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     return {
       coap: coap?.address() ?? { address: '', port: 0 },
       mqtt: mqtt?.address() ?? { address: '', port: 0 },
+      mqtts: mqtt?.tlsAddress() ?? null,
       http: status?.address() ?? { address: '', port: 0 },
     };
   }

@@ -90,6 +90,20 @@ export const COAP_LIMITS_DEFAULTS = Object.freeze({
   exemptLoopback: true,
 });
 
+/**
+ * Defaults of coap.auth (src/transport/coap/auth.ts). 'optional' for now: the bundled simulator,
+ * soak and interop tools still send unauthenticated CoAP; 'required' becomes the default once they
+ * speak POST /auth. Token lifetime 48 h like Alibaba IoT's CoAP token, so a module reporting once a
+ * day authenticates at most every other wake-up. A /auth timestamp more than 300 s from the gateway's
+ * clock is refused (a captured /auth cannot be replayed later). 100,000 tokens hold ~20 MB.
+ */
+export const COAP_AUTH_DEFAULTS = Object.freeze({
+  mode: 'optional' as 'required' | 'optional',
+  tokenTtlS: 172_800,
+  timestampWindowS: 300,
+  maxTokens: 100_000,
+});
+
 /** A token bucket: `perSecond` sustained (0 = no limit), up to `burst` at once. */
 const rateLimit = (d: { perSecond: number; burst: number }) =>
   z
@@ -145,6 +159,22 @@ export const configSchema = z.strictObject({
           exemptLoopback: z.boolean().default(COAP_LIMITS_DEFAULTS.exemptLoopback),
         })
         .prefault({}),
+      /** Token authentication (POST /auth, options 2088/2089). See COAP_AUTH_DEFAULTS. */
+      auth: z
+        .strictObject({
+          /**
+           * "required": an uplink without a valid token gets 4.01 (products with "auth": "none" excepted).
+           * "optional": an uplink with a token is verified (a bad one is refused), one without proceeds.
+           */
+          mode: z.enum(['required', 'optional']).default(COAP_AUTH_DEFAULTS.mode),
+          /** Lifetime of a token issued by POST /auth, in seconds. */
+          tokenTtlS: z.number().int().min(60).max(30 * 86_400).default(COAP_AUTH_DEFAULTS.tokenTtlS),
+          /** Largest distance in seconds between a /auth timestamp and the gateway's clock; 0 = not checked (modules without a clock). */
+          timestampWindowS: z.number().int().min(0).max(86_400).default(COAP_AUTH_DEFAULTS.timestampWindowS),
+          /** Tokens held at once (count); beyond it the oldest is dropped and its device must authenticate again. */
+          maxTokens: z.number().int().min(16).max(10_000_000).default(COAP_AUTH_DEFAULTS.maxTokens),
+        })
+        .prefault({}),
     })
     .prefault({}),
   mqtt: z
@@ -159,6 +189,20 @@ export const configSchema = z.strictObject({
        * upstream) and nothing else. The default is a demo account; change it before exposing the port.
        */
       apps: z.array(account).default([{ username: 'app', password: 'wanwu-demo' }]),
+      /**
+       * MQTT over TLS, a second listener on the same broker with the same login and limits (absent =
+       * none). cert and key are PEM files; ca (optional) is sent as the certificate chain's issuer.
+       */
+      tls: z
+        .strictObject({
+          host: host.default('0.0.0.0'),
+          /** TCP port; 0 = any free port. */
+          port: port.default(8883),
+          cert: z.string().min(1),
+          key: z.string().min(1),
+          ca: z.string().min(1).optional(),
+        })
+        .optional(),
       /** Abuse limits of the MQTT listener (src/transport/mqtt/limits.ts, guard.ts). See MQTT_LIMITS_DEFAULTS. */
       limits: z
         .strictObject({

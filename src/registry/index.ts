@@ -44,7 +44,17 @@ export interface Product {
    * `"cardBinding": false` turns it off for the product; absent = on.
    */
   cardBinding?: boolean;
+  /**
+   * CoAP authentication (src/transport/coap/auth.ts): 'sign' (absent = 'sign') requires a token from
+   * POST /auth when coap.auth.mode is 'required'; 'none' lets the product's devices post without
+   * one (lab use; the gateway warns at start).
+   */
+  auth?: ProductAuth;
 }
+
+/** product.json `auth`: how the product's CoAP devices authenticate. */
+export const PRODUCT_AUTH = ['sign', 'none'] as const;
+export type ProductAuth = (typeof PRODUCT_AUTH)[number];
 
 /** Something the registry keeps in its audit table (store.ts), e.g. a refused card. */
 export interface AuditEntry {
@@ -93,7 +103,7 @@ const ICCID = { re: /^\d{18,19}[\dFf]$/, what: 'a 19-20 digit ICCID' };
 const SECRET = { re: /^[\x21-\x7e]{1,128}$/, what: 'a secret of 1-128 printable ASCII characters without spaces' };
 /** The formats of a device record's fields, shared by devices.json and `wanwu devices`. */
 export const DEVICE_FIELD_FORMATS = Object.freeze({ deviceName: TOPIC_NAME, deviceSecret: SECRET, imei: IMEI, iccid: ICCID });
-const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description', 'cardBinding'] as const;
+const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description', 'cardBinding', 'auth'] as const;
 
 /**
  * Why a known device may not send: null when it may. Called by the pipeline for every uplink (and
@@ -151,6 +161,7 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
   const rat = r.oneOf(p.rat, 'rat', RATS);
   r.optionalString(p.description, 'description');
   const cardBinding = p.cardBinding === undefined ? true : r.boolean(p.cardBinding, 'cardBinding');
+  const auth: ProductAuth = p.auth === undefined ? 'sign' : r.oneOf(p.auth, 'auth', PRODUCT_AUTH);
 
   const modelFile = path.join(dir, 'model.json');
   const model = src.model === undefined || src.model === null ? null : parseThingModel(src.model, modelFile, warn);
@@ -165,7 +176,7 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
   const codec = buildCodec(p.codec, { productKey, model, reader: r, path: 'codec', dir });
   const devices = src.devices === undefined || src.devices === null ? new Map<string, Device>() : parseDevices(src.devices, productKey, dir);
 
-  return Object.freeze({ productKey, name, rat, dir, model, codec, devices, cardBinding });
+  return Object.freeze({ productKey, name, rat, dir, model, codec, devices, cardBinding, auth });
 }
 
 function parseDevices(json: unknown, productKey: string, dir: string): Map<string, Device> {

@@ -164,6 +164,10 @@ export function createMetricsRegistry(s: StatusSources): client.Registry {
   counter('wanwu_coap_refused_total', 'CoAP requests refused by the listener at a limit, by reason (rate, size, Block1, capacity)', ['reason'], () =>
     Object.entries(s.coap()?.refused ?? {}).map(([reason, n]) => [{ reason }, n]));
   gauge('wanwu_coap_reassemblies', 'CoAP Block1 transfers in progress', [], () => [[{}, s.coap()?.reassemblies ?? 0]]);
+  counter('wanwu_coap_auth_issued_total', 'CoAP tokens issued by POST /auth', [], () => [[{}, s.coap()?.auth?.issued ?? 0]]);
+  counter('wanwu_coap_auth_refused_total', 'CoAP /auth requests and uplinks refused by token authentication, by reason', ['reason'], () =>
+    Object.entries(s.coap()?.auth?.refused ?? {}).map(([reason, n]) => [{ reason }, n]));
+  gauge('wanwu_coap_auth_tokens', 'CoAP tokens held (bounded by coap.auth.maxTokens)', [], () => [[{}, s.coap()?.auth?.tokens ?? 0]]);
   gauge('wanwu_devices', 'Devices known to the registry', [], () => [[{}, s.registry().devices]]);
   return registry;
 }

@@ -7,12 +7,17 @@
 // refusals with the error's CoAP code and a diagnostic payload (§5.5.2); 4.04/4.05/4.13/4.02/5.05
 // decided by the listener itself (request.ts) without calling ingest. Block1 uploads (RFC 7959) are
 // reassembled up to maxPayloadBytes (2.31 Continue per block, 4.08, 4.13 with Size1); rate limits
-// answer 4.29 (RFC 8516); no response is larger than its request (RFC 7252 §11.3).
+// answer 4.29 (RFC 8516); no response is larger than its request (RFC 7252 §11.3). Devices
+// authenticate with POST /auth and carry a token and a sequence number in options 2088/2089 (auth.ts).
 
 import type { WanwuError } from '../../errors.js';
 import type { IngestHandler, Logger, RawMessage } from '../../types.js';
+import type { CoapAuthOptions, CoapAuthStats } from './auth.js';
 import type { RateSpec, RefusalReason } from './limits.js';
 import { createListener } from './listener.js';
+
+export type { AuthRefusalReason, CoapAuthConfig, CoapAuthMode, CoapAuthOptions, CoapAuthStats } from './auth.js';
+export { AUTH_REFUSAL_REASONS, OPT_AUTH_SEQ, OPT_AUTH_TOKEN } from './auth.js';
 
 export type { RateSpec, RefusalReason } from './limits.js';
 export { REFUSAL_REASONS } from './limits.js';
@@ -43,6 +48,11 @@ export interface CoapListenerOptions {
   maxPayloadBytes: number;
   /** Rate limits and table caps; default: the configuration's defaults (coap.limits). */
   limits?: CoapLimits;
+  /**
+   * Token authentication (coap.auth and the registry). Without it the listener serves no /auth and
+   * checks no token: every uplink proceeds, named by its path (listener tests).
+   */
+  auth?: CoapAuthOptions;
   /** The pipeline: resolves after the record is committed (or dead-lettered); never rejects. */
   ingest: IngestHandler;
   logger: Logger;
@@ -92,6 +102,8 @@ export interface CoapListenerStats {
    * may then be processed again), peers, and rate-limit buckets (which restart full).
    */
   evicted: { dedup: number; peers: number; sources: number; devices: number };
+  /** Token authentication (auth.ts): tokens issued and held, refusals by reason; null without coap.auth. */
+  auth: CoapAuthStats | null;
 }
 
 export interface CoapListener {

@@ -13,6 +13,10 @@
 // (RFC 8516); Block1 uploads (RFC 7959) are reassembled in bounded state (block1.ts); the peer,
 // bucket and reassembly tables have caps. No response is larger than its request (RFC 7252 §11.3,
 // responses.ts encodeFitted), and neither is a cached response repeated for a duplicate.
+//
+// Authentication (coap.auth, auth.ts): POST /auth is answered here; an uplink's token (option 2088)
+// and sequence number (2089) are checked after the path is known and before the per-device rate
+// limit, so an unauthenticated sender can neither reach ingest nor spend a device's bucket.
 
 import dgram from 'node:dgram';
 import { isIPv6 } from 'node:net';
@@ -21,6 +25,7 @@ import { parse, type ParsedPacket } from 'coap-packet';
 import { asWanwuError, WanwuError } from '../../errors.js';
 import { COAP_LIMITS_DEFAULTS } from '../../config/schema.js';
 import type { IngestOutcome, RawMessage } from '../../types.js';
+import { CoapAuthenticator, type AuthRefusal } from './auth.js';
 import { Reassembler } from './block1.js';
 import { GenerationalMap } from './dedup.js';
 import type { CoapLimits, CoapListener, CoapListenerOptions, CoapListenerStats } from './index.js';
@@ -30,8 +35,11 @@ import {
   ACK_TIMEOUT_MS,
   EXCHANGE_LIFETIME_MS,
   MAX_RETRANSMIT,
+  CONTENT_FORMAT_JSON,
+  encodeUint,
   MAX_TRANSMIT_SPAN_MS,
   NON_LIFETIME_MS,
+  OPT_CONTENT_FORMAT,
   TYPE_ACK,
   TYPE_CON,
   TYPE_RST,
@@ -43,6 +51,7 @@ import {
   continueResponse,
   encodeEmpty,
   encodeFitted,
+  encodeResponse,
   errorResponse,
   outcomeResponse,
   tooManyRequestsResponse,
@@ -135,6 +144,11 @@ interface Outgoing {
   timer: NodeJS.Timeout | undefined;
 }
 
+/** The answer to an authentication refusal: the error's CoAP code (4.00, 4.01, 4.03) and a diagnostic. */
+function authErrorResponse(refusal: AuthRefusal): ResponseSpec {
+  return errorResponse(refusal.error.coapCode, `${refusal.error.code} ${refusal.error.message}`, 0);
+}
+
 /** Value of a de-duplication entry whose request is still with ingest (a response is never empty). */
 const IN_PROGRESS = '';
 
@@ -146,6 +160,8 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
   const { host, logger, ingest, maxPayloadBytes } = opts;
   const now = opts.now ?? Date.now;
   const limits: CoapLimits = opts.limits ?? COAP_LIMITS_DEFAULTS;
+  // Tokens live as long as the listener (in memory): after a restart devices authenticate again.
+  const authn = opts.auth === undefined ? null : new CoapAuthenticator(opts.auth, now);
 
   let socket: dgram.Socket | null = null;
   let bound: { address: string; port: number } | null = null;
@@ -412,7 +428,25 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       }
       return;
     }
+    if (verdict.kind === 'auth') {
+      handleAuth(verdict.body, packet, confirmable, messageId, key, seen, address, port, msg.length);
+      return;
+    }
     const { target, block1 } = verdict;
+    // Consumes the request's sequence number once the request is taken (auth.ts verify).
+    let acceptAuth: (() => void) | undefined;
+    if (authn !== null) {
+      // Identity from the token, not the source address (a NAT rebinding keeps the device's token).
+      const checked = authn.verify(target, verdict.credentials?.token, verdict.credentials?.seq, block1 !== undefined && block1.num > 0);
+      if (!checked.ok) {
+        // Not cached (the sequence number was not consumed, so a retransmission gets the same
+        // answer) and not dead-lettered (anyone could fill the table); fitted to the request size.
+        if (block1 !== undefined) reassembler.abandon(transferKey(peerKey, target));
+        respondNow(confirmable, messageId, packet.token, authErrorResponse(checked), address, port, msg.length);
+        return;
+      }
+      acceptAuth = checked.accept;
+    }
     if (limited && deviceLimiter !== null && (block1 === undefined || block1.num === 0)) {
       // Per device named by the path, once per request body: a plain request or the first block.
       const waitS = deviceLimiter.take(`${target.productKey}/${target.deviceName}`, receivedAt);
@@ -437,6 +471,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       const offset = block1.num * block1.size;
       const step = reassembler.add(transferKey(peerKey, target), offset, block1.more, packet.payload, receivedAt);
       if (step.kind === 'continue') {
+        acceptAuth?.();
         // §2.9.1: 2.31 Continue, cached so a retransmitted block is answered without being stored twice.
         const bytes = respondNow(confirmable, messageId, packet.token, continueResponse(block1), address, port, msg.length);
         seen.add(key, bytes.toString('latin1'));
@@ -456,8 +491,39 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       }
       payload = step.body;
     }
+    acceptAuth?.();
     seen.add(key, IN_PROGRESS);
     startExchange(target, payload, packet.token, key, confirmable, messageId, address, port, receivedAt, msg.length, block1);
+  }
+
+  /**
+   * POST /auth (auth.ts): 2.05 with `{"token","expiresIn","random"}` as application/json, or a refusal.
+   * The token is issued only if its answer is no larger than the request (RFC 7252 §11.3): the JSON
+   * form with its hex sign always is, so a smaller request is a probe and gets 4.00 instead. The
+   * answer is cached for de-duplication, so a retransmitted /auth gets the same token again.
+   */
+  function handleAuth(body: Buffer, packet: ParsedPacket, confirmable: boolean, messageId: number, key: string, seen: GenerationalMap<string>, address: string, port: number, maxBytes: number): void {
+    if (authn === null) {
+      respondNow(confirmable, messageId, packet.token, errorResponse('4.04', 'WANWU_ERR_TOPIC this listener does not authenticate devices (no /auth)', 0), address, port, maxBytes);
+      return;
+    }
+    const checked = authn.check(body, `${address}:${port}`);
+    if (!checked.ok) {
+      respondNow(confirmable, messageId, packet.token, authErrorResponse(checked), address, port, maxBytes);
+      return;
+    }
+    const spec: ResponseSpec = { code: '2.05', options: [{ name: OPT_CONTENT_FORMAT, value: encodeUint(CONTENT_FORMAT_JSON) }], payload: CoapAuthenticator.answer(checked.grant) };
+    const carrier: Carrier = confirmable ? 'ack' : 'non';
+    const bytes = encodeResponse(carrier, confirmable ? messageId : allocMessageId(), packet.token, spec);
+    if (bytes.length > maxBytes) {
+      const refusal = authn.refuse('tooSmall', new WanwuError('WANWU_ERR_MALFORMED', `/auth request of ${maxBytes} bytes is smaller than its answer (${bytes.length} bytes, RFC 7252 §11.3)`));
+      respondNow(confirmable, messageId, packet.token, authErrorResponse(refusal), address, port, maxBytes);
+      return;
+    }
+    authn.issue(checked.grant);
+    send(bytes, port, address);
+    count(spec.code);
+    seen.add(key, bytes.toString('latin1'));
   }
 
   /** A Block1 transfer is keyed by the endpoint and the resource (RFC 7959 §2.5), not the token. */
@@ -682,6 +748,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       sourceLimiter?.maintain(t);
       deviceLimiter?.maintain(t);
       reassembler.sweep(t);
+      authn?.sweep(t);
     }, span);
     maintenanceTimer.unref();
     accepting = true;
@@ -773,6 +840,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
           sources: sourceLimiter?.evicted ?? 0,
           devices: deviceLimiter?.evicted ?? 0,
         },
+        auth: authn?.stats() ?? null,
       };
     },
 

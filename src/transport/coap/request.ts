@@ -4,6 +4,7 @@
 import type { ParsedPacket } from 'coap-packet';
 import { parseUplinkTopic } from '../../thing-model/topic.js';
 import type { UplinkRoute } from '../../types.js';
+import { AUTH_MAX_BODY_BYTES, AUTH_PATH_SEGMENT, OPT_AUTH_SEQ, OPT_AUTH_TOKEN } from './auth.js';
 import type { RefusalReason } from './limits.js';
 import {
   BLOCK_OPTION_MAX_BYTES,
@@ -37,9 +38,23 @@ export interface Block1 extends BlockValue {
   size: number;
 }
 
+/** The authentication options of a request (auth.ts): the first occurrence of each (RFC 7252 §5.4.5). */
+export interface Credentials {
+  /** Option 2088: the token from POST /auth. */
+  token?: Buffer;
+  /** Option 2089: the sequence number (uint). */
+  seq?: Buffer;
+}
+
 export type RequestVerdict =
-  /** For the pipeline; `block1` when the payload is one block of a block-wise upload (RFC 7959). */
-  | { kind: 'ingest'; target: UplinkTarget; block1?: Block1 }
+  /**
+   * For the pipeline; `block1` when the payload is one block of a block-wise upload (RFC 7959).
+   * `credentials` (present when the request carries option 2088 or 2089) are checked by the
+   * listener (auth.ts) before anything reaches ingest.
+   */
+  | { kind: 'ingest'; target: UplinkTarget; block1?: Block1; credentials?: Credentials }
+  /** POST /auth with its body (auth.ts): answered by the listener. */
+  | { kind: 'auth'; body: Buffer }
   /**
    * Answer with this response; nothing reaches ingest. `refused` is set when an identified device's
    * payload was refused here (too large), so the listener can report it for counting and dead-lettering.
@@ -69,6 +84,9 @@ interface RequestFacts {
   /** First critical option we do not understand, or -1. */
   badCritical: number;
   target?: UplinkTarget;
+  /** The path is /auth. */
+  auth: boolean;
+  credentials: Credentials;
 }
 
 type Step = (facts: RequestFacts) => RequestVerdict | undefined;
@@ -87,6 +105,10 @@ const checkProxy: Step = (f) =>
 /** The path must be /topic/sys/{pk}/{dn}/<uplink> (src/thing-model/topic.ts); anything else is 4.04. */
 const checkPath: Step = (f) => {
   const segs = f.segments;
+  if (segs.length === 1 && segs[0] === AUTH_PATH_SEGMENT) {
+    f.auth = true;
+    return undefined;
+  }
   if (segs.length < 2 || segs[0] !== TOPIC_PREFIX_SEGMENT) {
     return notFound(`path ${JSON.stringify(shorten('/' + segs.join('/')))} is not under /topic/sys/{productKey}/{deviceName}/`);
   }
@@ -107,12 +129,31 @@ const checkPath: Step = (f) => {
   }
 };
 
-/** Uplink topics take POST only (RFC 7252 §5.9.2.6: 4.05 for a known resource). */
+/** Uplink topics and /auth take POST only (RFC 7252 §5.9.2.6: 4.05 for a known resource). */
 const checkMethod: Step = (f) => {
   const code = f.packet.code;
   if (code === '0.02') return undefined;
   const name = METHOD_NAMES[codeDetail(code)] ?? code;
-  return { kind: 'respond', response: errorResponse('4.05', `method ${name} not allowed; uplink topics take POST`, 0) };
+  return { kind: 'respond', response: errorResponse('4.05', `method ${name} not allowed; ${f.auth ? '/auth takes' : 'uplink topics take'} POST`, 0) };
+};
+
+/**
+ * POST /auth (auth.ts) takes its JSON body in one message of at most AUTH_MAX_BODY_BYTES: a Block1
+ * upload of a few hundred bytes would only hold reassembly state for an unauthenticated sender.
+ */
+const checkAuth: Step = (f) => {
+  if (!f.auth) return undefined;
+  if (f.block1 !== undefined) {
+    return { kind: 'respond', response: errorResponse('4.00', 'WANWU_ERR_BLOCKWISE POST /auth takes its body in one message, without Block1', 0), reason: 'badBlock' };
+  }
+  if (f.packet.payload.length > AUTH_MAX_BODY_BYTES) {
+    return {
+      kind: 'respond',
+      response: tooLargeResponse(`WANWU_ERR_TOO_LARGE /auth body of ${f.packet.payload.length} bytes exceeds ${AUTH_MAX_BODY_BYTES}`, AUTH_MAX_BODY_BYTES),
+      reason: 'tooLarge',
+    };
+  }
+  return { kind: 'auth', body: f.packet.payload };
 };
 
 /**
@@ -165,11 +206,11 @@ const checkSize: Step = (f) => {
 };
 
 /** The checks in order; the first that answers wins. */
-export const REQUEST_STEPS: readonly Step[] = [checkCriticalOptions, checkProxy, checkPath, checkMethod, checkBlock1, checkSize];
+export const REQUEST_STEPS: readonly Step[] = [checkCriticalOptions, checkProxy, checkPath, checkMethod, checkAuth, checkBlock1, checkSize];
 
 /** Decides what to do with a request (class 0 code other than 0.00) that coap-packet parsed. */
 export function inspectRequest(packet: ParsedPacket, confirmable: boolean, maxPayloadBytes: number): RequestVerdict {
-  const facts: RequestFacts = { packet, confirmable, maxPayloadBytes, segments: [], proxy: false, badCritical: -1 };
+  const facts: RequestFacts = { packet, confirmable, maxPayloadBytes, segments: [], proxy: false, badCritical: -1, auth: false, credentials: {} };
   const options = packet.options;
   for (let i = 0; i < options.length; i++) {
     const opt = options[i]!;
@@ -185,7 +226,11 @@ export function inspectRequest(packet: ParsedPacket, confirmable: boolean, maxPa
     } else if (n === OPT_SIZE1) {
       // Elective: a value longer than 4 bytes is ignored (§5.4.3), as decodeUint's NaN never compares greater.
       facts.size1 = decodeUint(opt.value);
-    } else if (n === OPT_PROXY_URI || n === OPT_PROXY_SCHEME) facts.proxy = true;
+    } else if (n === OPT_AUTH_TOKEN) {
+      // Elective and not repeatable: a second occurrence is ignored (RFC 7252 §5.4.5).
+      facts.credentials.token ??= opt.value;
+    } else if (n === OPT_AUTH_SEQ) facts.credentials.seq ??= opt.value;
+    else if (n === OPT_PROXY_URI || n === OPT_PROXY_SCHEME) facts.proxy = true;
     else if (facts.badCritical < 0 && isUnsupportedCritical(n)) facts.badCritical = n;
   }
   for (const step of REQUEST_STEPS) {
@@ -194,8 +239,10 @@ export function inspectRequest(packet: ParsedPacket, confirmable: boolean, maxPa
   }
   // checkPath always sets target when it lets the request through.
   const b = facts.block1;
-  if (b === undefined) return { kind: 'ingest', target: facts.target! };
-  return { kind: 'ingest', target: facts.target!, block1: { num: b.num, more: b.more, szx: b.szx, size: 16 << b.szx } };
+  const verdict: RequestVerdict = { kind: 'ingest', target: facts.target! };
+  if (b !== undefined) verdict.block1 = { num: b.num, more: b.more, szx: b.szx, size: 16 << b.szx };
+  if (facts.credentials.token !== undefined || facts.credentials.seq !== undefined) verdict.credentials = facts.credentials;
+  return verdict;
 }
 
 /** The detail part of a dotted code ('0.02' -> 2). */

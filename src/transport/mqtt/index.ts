@@ -12,7 +12,9 @@
 // depth; device publishes pass a per-device token bucket (limits.ts). Every refusal is counted by
 // reason (stats().refused); refused logins go to a rate-limited audit log (logger.warn).
 
+import { readFileSync } from 'node:fs';
 import { createServer, type Server, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { timingSafeEqual } from 'node:crypto';
 import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
 import { MQTT_LIMITS_DEFAULTS } from '../../config/schema.js';
@@ -60,6 +62,8 @@ export interface MqttListenerOptions {
   maxPayloadBytes?: number;
   /** Default MQTT_LIMITS_DEFAULTS. */
   limits?: MqttLimits;
+  /** MQTT over TLS on a second port (absent = none). */
+  tls?: MqttTlsOptions;
   /** Clock of the rate limiter and the ban (tests). Default Date.now. */
   now?: () => number;
 }
@@ -67,6 +71,8 @@ export interface MqttListenerOptions {
 export interface MqttListenerStats {
   address: string;
   port: number;
+  /** The TLS listener, when configured. */
+  tls: { address: string; port: number } | null;
   clients: number;
   devices: number;
   apps: number;
@@ -85,11 +91,23 @@ export interface MqttListenerStats {
   auditSuppressed: number;
 }
 
+export interface MqttTlsOptions {
+  host: string;
+  /** 0 = any free port. */
+  port: number;
+  /** PEM files. */
+  cert: string;
+  key: string;
+  ca?: string | undefined;
+}
+
 export interface MqttListener {
   start(): Promise<void>;
   stop(): Promise<void>;
   stats(): MqttListenerStats;
   address(): { address: string; port: number };
+  /** The TLS listener's address, or null when there is none. */
+  tlsAddress(): { address: string; port: number } | null;
 }
 
 type Session =
@@ -135,6 +153,8 @@ interface Hold {
 class AedesListener implements MqttListener {
   private broker: Aedes | null = null;
   private server: Server | null = null;
+  private tlsServer: TlsServer | null = null;
+  private tlsBound: { address: string; port: number } | null = null;
   private bound = { address: '', port: 0 };
   private readonly sessions = new WeakMap<Client, Session>();
   /** The keepalive each CONNECT asked for, seen in preConnect, checked in authenticate. */
@@ -211,6 +231,15 @@ class AedesListener implements MqttListener {
     server.on('error', (err) => this.opts.logger.error({ err: err.message }, 'mqtt server error'));
     const addr = server.address() as AddressInfo;
     this.bound = { address: addr.address, port: addr.port };
+    if (this.opts.tls) {
+      try {
+        this.tlsServer = await this.listenTls(broker, this.opts.tls);
+      } catch (err) {
+        server.close();
+        await new Promise<void>((resolve) => broker.close(() => resolve()));
+        throw err;
+      }
+    }
     this.broker = broker;
     this.server = server;
     this.sweeper = setInterval(() => {
@@ -235,10 +264,14 @@ class AedesListener implements MqttListener {
     }
     this.holds.clear();
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const tlsServer = this.tlsServer;
+    this.tlsServer = null;
+    const tlsClosed = tlsServer ? new Promise<void>((resolve) => tlsServer.close(() => resolve())) : Promise.resolve();
     await new Promise<void>((resolve) => broker.close(() => resolve()));
     // Sockets that never logged in are not aedes clients, so broker.close() leaves them open.
     for (const s of this.sockets) s.destroy();
     await closed;
+    await tlsClosed;
     this.audit.close();
   }
 
@@ -246,9 +279,41 @@ class AedesListener implements MqttListener {
     return { ...this.bound };
   }
 
+  tlsAddress(): { address: string; port: number } | null {
+    return this.tlsBound ? { ...this.tlsBound } : null;
+  }
+
+  /** The TLS listener: handshakes in node:tls, then the same guard, login and limits as plain TCP. */
+  private async listenTls(broker: Aedes, o: MqttTlsOptions): Promise<TlsServer> {
+    const read = (what: string, file: string) => {
+      try {
+        return readFileSync(file);
+      } catch (err) {
+        throw new WanwuError('WANWU_ERR_CONFIG', `mqtt.tls.${what}: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+      }
+    };
+    const tlsServer = createTlsServer({ cert: read('cert', o.cert), key: read('key', o.key), ...(o.ca ? { ca: read('ca', o.ca) } : {}) }, (socket) =>
+      this.accept(broker, socket),
+    );
+    // A failed handshake (a plain-TCP client, a bad certificate) only ends that connection.
+    tlsServer.on('tlsClientError', (err) => this.opts.logger.debug({ err: err.message }, 'mqtt tls handshake failed'));
+    await new Promise<void>((resolve, reject) => {
+      tlsServer.once('error', reject);
+      tlsServer.listen(o.port, o.host, () => {
+        tlsServer.off('error', reject);
+        resolve();
+      });
+    });
+    tlsServer.on('error', (err) => this.opts.logger.error({ err: err.message }, 'mqtt tls server error'));
+    const a = tlsServer.address() as AddressInfo;
+    this.tlsBound = { address: a.address, port: a.port };
+    return tlsServer;
+  }
+
   stats(): MqttListenerStats {
     return {
       ...this.bound,
+      tls: this.tlsAddress(),
       clients: this.broker?.connectedClients ?? 0,
       devices: this.counts.devices,
       apps: this.counts.apps,

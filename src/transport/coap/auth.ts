@@ -1,0 +1,342 @@
+// CoAP device authentication without DTLS, in Alibaba IoT's CoAP form: an NB-IoT module cannot
+// afford a DTLS handshake at every wake-up from PSM, so it signs once and then carries a token.
+//
+//   POST /auth  {"productKey","deviceName","clientId","timestamp","signmethod","sign","iccid"?,"seq"?}
+//     sign = hex HMAC over "clientId{id}deviceName{dn}productKey{pk}timestamp{ts}" keyed with the
+//     device secret (the MQTT sign, src/registry/sign.ts); signmethod hmacsha256, hmacsha1 or hmacmd5.
+//     -> 2.05 {"token","expiresIn","random"}
+//   POST /topic/sys/{pk}/{dn}/...  with option 2088 = the token and 2089 = a sequence number
+//     (uint, RFC 7252 §3.2) strictly above the last one accepted for that token.
+//
+// Identity comes from the token, never from the source address or port, so a module whose NAT
+// binding changed between wake-ups keeps its token. The token only proves that whoever asked for it
+// knew the device secret: it travels in clear, like Alibaba's, so an on-path observer could use it
+// (the sequence number stops replays of captured datagrams, not that). Payload encryption with the
+// `random` of the answer is a later landing.
+//
+// Memory is bounded: tokens (coap.auth.maxTokens, oldest dropped first) and /auth signs already used
+// (same cap) live in insertion-ordered Maps swept by the listener's maintenance timer.
+
+import { randomBytes } from 'node:crypto';
+import { WanwuError } from '../../errors.js';
+import { checkCard, deviceRefusal, type Registry } from '../../registry/index.js';
+import { SIGN_METHODS, verifySign, type SignMethod } from '../../registry/sign.js';
+import { decodeUint } from './protocol.js';
+
+/** Alibaba IoT's CoAP option numbers: the token (2088) and the sequence number (2089). Both elective (even, RFC 7252 §5.4.1). */
+export const OPT_AUTH_TOKEN = 2088;
+export const OPT_AUTH_SEQ = 2089;
+/** The Uri-Path of the authentication request: POST /auth. */
+export const AUTH_PATH_SEGMENT = 'auth';
+/** Largest /auth body, in bytes: the JSON form with an ICCID and long names fits in ~400. */
+export const AUTH_MAX_BODY_BYTES = 512;
+/** Token size: 128 random bits, sent as 22 base64url characters (or accepted as the 16 raw bytes). */
+const TOKEN_BYTES = 16;
+/** Bytes of the `random` in the answer (hex), reserved for the payload-encryption mode. */
+const RANDOM_BYTES = 8;
+
+export type CoapAuthMode = 'required' | 'optional';
+
+/** coap.auth of the configuration (src/config/schema.ts has the defaults and units). */
+export interface CoapAuthConfig {
+  mode: CoapAuthMode;
+  /** Token lifetime, s. */
+  tokenTtlS: number;
+  /** Largest distance between a /auth timestamp and the clock, s; 0 = not checked. */
+  timestampWindowS: number;
+  /** Tokens held at once; also the cap on remembered /auth signs. */
+  maxTokens: number;
+}
+
+export interface CoapAuthOptions extends CoapAuthConfig {
+  /** Products (their `auth` opt-out) and devices (secret, status, ICCID); audit receives card mismatches. */
+  registry: Pick<Registry, 'product' | 'device' | 'audit'>;
+}
+
+/** Why an /auth or an uplink was refused, as counted on /status (listeners.coap.auth.refused). */
+export const AUTH_REFUSAL_REASONS = [
+  'malformed', // /auth body that is not the JSON form (4.00)
+  'badSign', // /auth sign does not verify (4.01)
+  'expired', // /auth timestamp outside coap.auth.timestampWindowS (4.01)
+  'unknownDevice', // /auth for a device the registry lacks: answered like a bad sign (4.01)
+  'disabled', // /auth of a disabled device (4.03)
+  'cardMismatch', // /auth with another ICCID than the device's (4.03, audited)
+  'tooSmall', // /auth request smaller than its answer would be (RFC 7252 §11.3; 4.00)
+  'replay', // sequence number missing or not increasing, or a /auth sign used twice (4.01)
+  'unknownToken', // token never issued, dropped at the cap, or revoked (device removed, secret rotated) (4.01)
+  'tokenExpired', // token older than coap.auth.tokenTtlS (4.01)
+  'tokenMismatch', // token of one device on another device's path (4.03)
+  'unauthenticated', // no token while coap.auth.mode is 'required' (4.01)
+] as const;
+export type AuthRefusalReason = (typeof AUTH_REFUSAL_REASONS)[number];
+
+export interface CoapAuthStats {
+  mode: CoapAuthMode;
+  /** Tokens issued by POST /auth. */
+  issued: number;
+  /** Uplinks accepted with a valid token and sequence number. */
+  verified: number;
+  /** Refusals by reason. */
+  refused: Record<AuthRefusalReason, number>;
+  /** Tokens held now (at most coap.auth.maxTokens). */
+  tokens: number;
+  /** Tokens dropped before their expiry because the table was full. */
+  evicted: number;
+}
+
+export type AuthRefusal = { ok: false; reason: AuthRefusalReason; error: WanwuError };
+
+/** A verified /auth, not yet issued (the listener first checks that the answer fits, RFC 7252 §11.3). */
+export interface AuthGrant {
+  productKey: string;
+  deviceName: string;
+  token: string;
+  random: string;
+  expiresInS: number;
+  /** The first sequence number the device may use is above this (the body's `seq`, else -1). */
+  lastSeq: number;
+  secret: string;
+  signKey: string;
+  signExpiresAt: number;
+}
+
+interface Session {
+  productKey: string;
+  deviceName: string;
+  /** The secret the token was signed for: rotating it (or removing the device) revokes the token. */
+  secret: string;
+  expiresAt: number;
+  lastSeq: number;
+}
+
+interface AuthBody {
+  productKey: string;
+  deviceName: string;
+  clientId: string;
+  timestamp: string;
+  signMethod: SignMethod;
+  sign: string;
+  iccid?: string;
+  seq?: number;
+}
+
+export class CoapAuthenticator {
+  private readonly tokens = new Map<string, Session>();
+  /** /auth signs already answered, until their timestamp leaves the window: `pk\0dn\0ts\0clientId` -> expiry ms. */
+  private readonly usedSigns = new Map<string, number>();
+  private readonly counters = {
+    issued: 0,
+    verified: 0,
+    evicted: 0,
+    refused: Object.fromEntries(AUTH_REFUSAL_REASONS.map((r) => [r, 0])) as Record<AuthRefusalReason, number>,
+  };
+
+  constructor(
+    private readonly opts: CoapAuthOptions,
+    private readonly now: () => number,
+    private readonly random: (bytes: number) => Buffer = randomBytes,
+  ) {}
+
+  get mode(): CoapAuthMode {
+    return this.opts.mode;
+  }
+
+  /** Checks a POST /auth body. On success the grant still has to be issued with issue(). */
+  check(body: Buffer, source: string): { ok: true; grant: AuthGrant } | AuthRefusal {
+    const parsed = parseAuthBody(body);
+    if (typeof parsed === 'string') return this.refuse('malformed', new WanwuError('WANWU_ERR_MALFORMED', `/auth body: ${parsed}`));
+    const { productKey, deviceName } = parsed;
+    const product = this.opts.registry.product(productKey);
+    const device = product && this.opts.registry.device(productKey, deviceName);
+    // An unknown device gets the answer of a bad sign, so nobody can probe which device names exist
+    // (as at MQTT login: CONNACK 4 for both).
+    const badSign = () => new WanwuError('WANWU_ERR_AUTH', `/auth of ${productKey}/${deviceName}: unknown device or bad sign`);
+    if (!device) return this.refuse('unknownDevice', badSign());
+    const login = { id: parsed.clientId, productKey, deviceName, signMethod: parsed.signMethod, timestamp: parsed.timestamp };
+    if (!verifySign(login, device.deviceSecret, parsed.sign)) return this.refuse('badSign', badSign());
+
+    const t = this.now();
+    const windowMs = this.opts.timestampWindowS * 1000;
+    const ts = Number(parsed.timestamp);
+    if (windowMs > 0 && !(Math.abs(t - ts) <= windowMs)) {
+      return this.refuse('expired', new WanwuError('WANWU_ERR_AUTH', `/auth timestamp ${parsed.timestamp} is more than ${this.opts.timestampWindowS} s from the gateway's clock (ms since the epoch)`));
+    }
+    const signKey = `${productKey}\u0000${deviceName}\u0000${parsed.timestamp}\u0000${parsed.clientId}`;
+    if (windowMs > 0 && this.usedSigns.has(signKey)) {
+      // A captured /auth replayed within the window would hand its sender a fresh token.
+      return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', `/auth sign of ${productKey}/${deviceName} was already used; sign a new timestamp`));
+    }
+    const refusal = deviceRefusal(device);
+    if (refusal) return this.refuse('disabled', refusal);
+    if (parsed.iccid !== undefined) {
+      const mismatch = checkCard(device, parsed.iccid, product);
+      if (mismatch) {
+        this.opts.registry.audit?.({ at: t, productKey, deviceName, event: 'card-mismatch', detail: parsed.iccid.slice(0, 32), source: `coap ${source}` });
+        return this.refuse('cardMismatch', mismatch);
+      }
+    }
+    return {
+      ok: true,
+      grant: {
+        productKey,
+        deviceName,
+        token: this.random(TOKEN_BYTES).toString('base64url'),
+        random: this.random(RANDOM_BYTES).toString('hex'),
+        expiresInS: this.opts.tokenTtlS,
+        lastSeq: parsed.seq ?? -1,
+        secret: device.deviceSecret,
+        signKey,
+        signExpiresAt: Math.max(t, ts) + windowMs,
+      },
+    };
+  }
+
+  /** Stores a granted token (dropping the oldest at the cap) and remembers its sign. */
+  issue(grant: AuthGrant): void {
+    const t = this.now();
+    while (this.tokens.size >= this.opts.maxTokens) {
+      const oldest = this.tokens.keys().next().value as string;
+      this.tokens.delete(oldest);
+      this.counters.evicted++;
+    }
+    this.tokens.set(grant.token, {
+      productKey: grant.productKey,
+      deviceName: grant.deviceName,
+      secret: grant.secret,
+      expiresAt: t + grant.expiresInS * 1000,
+      lastSeq: grant.lastSeq,
+    });
+    if (this.opts.timestampWindowS > 0) {
+      while (this.usedSigns.size >= this.opts.maxTokens) this.usedSigns.delete(this.usedSigns.keys().next().value as string);
+      this.usedSigns.set(grant.signKey, grant.signExpiresAt);
+    }
+    this.counters.issued++;
+  }
+
+  /** The 2.05 body of a grant: `{"token","expiresIn","random"}`. */
+  static answer(grant: AuthGrant): Buffer {
+    return Buffer.from(`{"token":"${grant.token}","expiresIn":${grant.expiresInS},"random":"${grant.random}"}`);
+  }
+
+  /**
+   * Checks an uplink to `target` carrying `token` (option 2088) and `seq` (option 2089), either
+   * possibly absent. `continuation`: a Block1 block after the first, which may repeat the sequence
+   * number its transfer began with (libcoap repeats every option on each block). On success the
+   * caller calls accept() once the request is taken (not refused at a rate limit or capacity), which
+   * consumes the sequence number: a retransmission of a request refused later, e.g. with 5.03, gets
+   * that refusal again rather than a replay refusal.
+   */
+  verify(target: { productKey: string; deviceName: string }, token: Buffer | undefined, seq: Buffer | undefined, continuation: boolean): { ok: true; accept(): void } | AuthRefusal {
+    if (token === undefined) {
+      if (this.opts.mode === 'optional' || this.opts.registry.product(target.productKey)?.auth === 'none') return PASS;
+      return this.refuse('unauthenticated', new WanwuError('WANWU_ERR_TOKEN', 'no token (CoAP option 2088): authenticate with POST /auth'));
+    }
+    // The token as the answer gave it (22 base64url characters), or its 16 raw bytes.
+    const key = token.length === TOKEN_BYTES ? token.toString('base64url') : token.toString('latin1');
+    const session = this.tokens.get(key);
+    if (session === undefined) return this.refuse('unknownToken', new WanwuError('WANWU_ERR_TOKEN', 'unknown token: authenticate again with POST /auth'));
+    if (session.expiresAt <= this.now()) {
+      this.tokens.delete(key);
+      return this.refuse('tokenExpired', new WanwuError('WANWU_ERR_TOKEN', 'token expired: authenticate again with POST /auth'));
+    }
+    const device = this.opts.registry.device(session.productKey, session.deviceName);
+    if (device === undefined || device.deviceSecret !== session.secret) {
+      this.tokens.delete(key);
+      return this.refuse('unknownToken', new WanwuError('WANWU_ERR_TOKEN', 'token revoked (device removed or secret rotated): authenticate again with POST /auth'));
+    }
+    if (session.productKey !== target.productKey || session.deviceName !== target.deviceName) {
+      return this.refuse('tokenMismatch', new WanwuError('WANWU_ERR_FORBIDDEN', `the token belongs to another device than ${target.productKey}/${target.deviceName}`));
+    }
+    // RFC 7252 §3.2 uint of at most 4 bytes; §5.4.5: only the first occurrence counts (the caller passes it).
+    const n = seq === undefined ? Number.NaN : decodeUint(seq);
+    if (Number.isNaN(n)) return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', 'a token needs a sequence number (CoAP option 2089, uint of at most 4 bytes)'));
+    if (continuation ? n < session.lastSeq : n <= session.lastSeq) {
+      return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', `sequence number ${n} is not above ${session.lastSeq}, the last one accepted for this token`));
+    }
+    return {
+      ok: true,
+      accept: () => {
+        if (n > session.lastSeq) session.lastSeq = n;
+        this.counters.verified++;
+      },
+    };
+  }
+
+  /** Counts a refusal decided by the listener around the authenticator (e.g. tooSmall). */
+  refuse(reason: AuthRefusalReason, error: WanwuError): AuthRefusal {
+    this.counters.refused[reason]++;
+    return { ok: false, reason, error };
+  }
+
+  /** Drops expired tokens and signs whose timestamp has left the window. */
+  sweep(t: number): void {
+    // Constant TTL: insertion order is expiry order, so the scan stops at the first live token.
+    for (const [key, s] of this.tokens) {
+      if (s.expiresAt > t) break;
+      this.tokens.delete(key);
+    }
+    for (const [key, expiresAt] of this.usedSigns) if (expiresAt <= t) this.usedSigns.delete(key);
+  }
+
+  clear(): void {
+    this.tokens.clear();
+    this.usedSigns.clear();
+  }
+
+  stats(): CoapAuthStats {
+    return {
+      mode: this.opts.mode,
+      issued: this.counters.issued,
+      verified: this.counters.verified,
+      refused: { ...this.counters.refused },
+      tokens: this.tokens.size,
+      evicted: this.counters.evicted,
+    };
+  }
+}
+
+/** The verdict for an uplink without a token where none is needed. */
+const PASS = Object.freeze({ ok: true as const, accept: () => {} });
+
+const NAME = /^[A-Za-z0-9_.:@\-]{1,64}$/;
+
+/** Parses the /auth JSON body; a string says what is wrong. */
+function parseAuthBody(body: Buffer): AuthBody | string {
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch {
+    return 'not JSON; expected {"productKey","deviceName","clientId","timestamp","signmethod","sign"}';
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) return 'expected a JSON object';
+  const o = json as Record<string, unknown>;
+  const str = (k: string, re?: RegExp): string | undefined => {
+    const v = o[k];
+    return typeof v === 'string' && v.length > 0 && v.length <= 128 && (re === undefined || re.test(v)) ? v : undefined;
+  };
+  const productKey = str('productKey', NAME);
+  if (productKey === undefined) return 'productKey: expected a name of 1-64 letters, digits or _ . : @ -';
+  const deviceName = str('deviceName', NAME);
+  if (deviceName === undefined) return 'deviceName: expected a name of 1-64 letters, digits or _ . : @ -';
+  const clientId = str('clientId');
+  if (clientId === undefined) return 'clientId: expected a string of 1-128 characters';
+  // Alibaba's form sends the timestamp as a string of ms since the epoch; a number is taken too.
+  const rawTs = o.timestamp;
+  const timestamp = typeof rawTs === 'number' && Number.isSafeInteger(rawTs) && rawTs >= 0 ? String(rawTs) : typeof rawTs === 'string' && /^\d{1,16}$/.test(rawTs) ? rawTs : undefined;
+  if (timestamp === undefined) return 'timestamp: expected ms since the epoch';
+  const signMethod = o.signmethod;
+  if (typeof signMethod !== 'string' || !Object.hasOwn(SIGN_METHODS, signMethod)) return `signmethod: expected one of ${Object.keys(SIGN_METHODS).join(', ')}`;
+  const sign = str('sign', /^[0-9A-Fa-f]{32,128}$/);
+  if (sign === undefined) return 'sign: expected the hex HMAC';
+  const result: AuthBody = { productKey, deviceName, clientId, timestamp, signMethod: signMethod as SignMethod, sign };
+  if (o.iccid !== undefined) {
+    const iccid = str('iccid');
+    if (iccid === undefined) return 'iccid: expected a string';
+    result.iccid = iccid;
+  }
+  if (o.seq !== undefined) {
+    if (typeof o.seq !== 'number' || !Number.isInteger(o.seq) || o.seq < 0 || o.seq > 0xffffffff) return 'seq: expected an integer 0-4294967295';
+    result.seq = o.seq;
+  }
+  return result;
+}
