@@ -1,9 +1,10 @@
 // The CoAP listener against a real UDP client (node:dgram + coap-packet), on 127.0.0.1 port 0.
 // `ingest` is a real function that records calls and resolves an outcome after a delay.
 
-import dgram from 'node:dgram';
 import { generate, parse, type Option, type Packet, type ParsedPacket } from 'coap-packet';
+import dgram from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
+import { RawCoapClient } from '../helpers/coap.js';
 import { WanwuError, type ErrorCode } from '../../src/errors.js';
 import { createCoapListener, type CoapListener } from '../../src/transport/coap/index.js';
 import { createListener, type CoapTuning } from '../../src/transport/coap/listener.js';
@@ -17,75 +18,7 @@ const PROPERTY_PATH = ['topic', 'sys', PK, DN, 'thing', 'event', 'property', 'po
 const UP_RAW_PATH = ['topic', 'sys', PK, DN, 'thing', 'model', 'up_raw'];
 const EVENT_PATH = ['topic', 'sys', PK, DN, 'thing', 'event', 'lowBattery', 'post'];
 
-interface Received {
-  packet: ParsedPacket;
-  raw: Buffer;
-}
 
-/** A bare UDP CoAP client: sends what it is told, queues what it receives. */
-class TestClient {
-  private readonly inbox: Received[] = [];
-  private waiter: ((r: Received) => void) | null = null;
-
-  private constructor(
-    readonly socket: dgram.Socket,
-    readonly serverPort: number,
-  ) {
-    socket.on('message', (raw: Buffer) => {
-      const r = { packet: parse(raw), raw };
-      if (this.waiter) {
-        const w = this.waiter;
-        this.waiter = null;
-        w(r);
-      } else this.inbox.push(r);
-    });
-  }
-
-  static async open(serverPort: number): Promise<TestClient> {
-    const socket = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-    return new TestClient(socket, serverPort);
-  }
-
-  get port(): number {
-    return this.socket.address().port;
-  }
-
-  send(message: Packet | Buffer): Buffer {
-    const bytes = Buffer.isBuffer(message) ? message : generate(message);
-    this.socket.send(bytes, this.serverPort, '127.0.0.1');
-    return bytes;
-  }
-
-  /** The next datagram from the listener, or a rejection after timeoutMs. */
-  next(timeoutMs = 2_000): Promise<Received> {
-    const queued = this.inbox.shift();
-    if (queued) return Promise.resolve(queued);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = null;
-        reject(new Error(`no datagram within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiter = (r) => {
-        clearTimeout(timer);
-        resolve(r);
-      };
-    });
-  }
-
-  /** Asserts that nothing arrives for `ms`. */
-  async nothingFor(ms: number): Promise<void> {
-    const got = await this.next(ms).then(
-      (r) => r,
-      () => null,
-    );
-    expect(got, got ? `unexpected datagram ${JSON.stringify(got.packet)}` : '').toBeNull();
-  }
-
-  close(): void {
-    this.socket.close();
-  }
-}
 
 interface FakeIngest {
   calls: RawMessage[];
@@ -140,7 +73,7 @@ function option(p: ParsedPacket, name: string): Buffer | undefined {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 let listener: CoapListener | null = null;
-const clients: TestClient[] = [];
+const clients: RawCoapClient[] = [];
 
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close();
@@ -150,13 +83,13 @@ afterEach(async () => {
 
 async function setup(
   opts: { tuning?: Partial<CoapTuning>; maxPayloadBytes?: number; now?: () => number } = {},
-): Promise<{ ingest: FakeIngest; client: TestClient; listener: CoapListener }> {
+): Promise<{ ingest: FakeIngest; client: RawCoapClient; listener: CoapListener }> {
   const ingest = fakeIngest();
   const base = { host: '127.0.0.1', port: 0, maxPayloadBytes: opts.maxPayloadBytes ?? 1024, ingest: ingest.handler, logger: silent, now: opts.now };
   const l = opts.tuning ? createListener(base, opts.tuning) : createCoapListener(base);
   listener = l;
   await l.start();
-  const client = await TestClient.open(l.address().port);
+  const client = await RawCoapClient.open(l.address().port);
   clients.push(client);
   return { ingest, client, listener: l };
 }
@@ -530,7 +463,7 @@ describe('CoAP listener: lifecycle', () => {
 
   it('counts distinct peers', async () => {
     const { client, listener: l } = await setup();
-    const other = await TestClient.open(client.serverPort);
+    const other = await RawCoapClient.open(client.serverPort);
     clients.push(other);
     client.send(post(1, UP_RAW_PATH, Buffer.from([1])));
     other.send(post(1, UP_RAW_PATH, Buffer.from([1])));

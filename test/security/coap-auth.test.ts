@@ -5,11 +5,11 @@
 // gateway, and against the listener alone where the test needs a clock.
 
 import { createHmac } from 'node:crypto';
-import dgram from 'node:dgram';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generate, parse, type Option, type Packet, type ParsedPacket } from 'coap-packet';
 import { afterEach, describe, expect, it } from 'vitest';
+import { RawCoapClient, type Received } from '../helpers/coap.js';
 import { devicesSetStatus } from '../../src/commands/devices.js';
 import { createGateway, type Gateway } from '../../src/gateway.js';
 import { loadRegistry, type Device, type Registry } from '../../src/registry/index.js';
@@ -30,69 +30,23 @@ const TR1 = { productKey: 'TrackerCat1', deviceName: 'tr-0001' };
 const OPT_TOKEN = 2088;
 const OPT_SEQ = 2089;
 
-interface Answer {
-  packet: ParsedPacket;
-  raw: Buffer;
-}
+type Answer = Received;
 
-const clients: Client[] = [];
+const clients: RawCoapClient[] = [];
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close();
   for (const f of cleanups.splice(0).reverse()) await f();
 });
 
-/** A bare UDP CoAP client; each one is a new source port, as after a NAT rebinding. */
-class Client {
-  private readonly inbox: Answer[] = [];
-  private waiter: ((a: Answer) => void) | null = null;
-  private constructor(
-    readonly socket: dgram.Socket,
-    readonly serverPort: number,
-  ) {
-    socket.on('message', (raw: Buffer) => {
-      const a = { packet: parse(raw), raw };
-      if (this.waiter) {
-        const w = this.waiter;
-        this.waiter = null;
-        w(a);
-      } else this.inbox.push(a);
-    });
-  }
-
-  static async open(serverPort: number): Promise<Client> {
-    const socket = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-    const c = new Client(socket, serverPort);
+/** A raw client (a new source port each), closed after each test. */
+const Client = {
+  async open(serverPort: number): Promise<RawCoapClient> {
+    const c = await RawCoapClient.open(serverPort);
     clients.push(c);
     return c;
-  }
-
-  next(timeoutMs = 3_000): Promise<Answer> {
-    const queued = this.inbox.shift();
-    if (queued) return Promise.resolve(queued);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = null;
-        reject(new Error(`no datagram within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiter = (a) => {
-        clearTimeout(timer);
-        resolve(a);
-      };
-    });
-  }
-
-  async request(message: Packet): Promise<Answer & { sent: Buffer }> {
-    const sent = generate(message);
-    this.socket.send(sent, this.serverPort, '127.0.0.1');
-    return { ...(await this.next()), sent };
-  }
-
-  close(): void {
-    this.socket.close();
-  }
-}
+  },
+};
 
 /** RFC 7252 §3.2 uint, minimal big-endian; written here, not imported, so the test checks the encoding. */
 function uint(v: number): Buffer {
@@ -148,7 +102,7 @@ function authPacket(body: Record<string, unknown> | Buffer, token = Buffer.from(
 }
 
 /** POST /auth; returns the token on 2.05, else throws with the answer. */
-async function authenticate(c: Client, f: AuthFields): Promise<string> {
+async function authenticate(c: RawCoapClient, f: AuthFields): Promise<string> {
   const a = await c.request(authPacket(authBody(f)));
   if (a.packet.code !== '2.05') throw new Error(`/auth answered ${a.packet.code} ${a.packet.payload.toString()}`);
   return (JSON.parse(a.packet.payload.toString()) as { token: string }).token;

@@ -2,10 +2,10 @@
 // on tracked peers and transfers, and no amplification (RFC 7252 §11.3). Raw dgram + coap-packet
 // clients against the listener alone (a recording ingest) and against an in-process gateway.
 
-import dgram from 'node:dgram';
 import { generate, parse, type Option, type Packet, type ParsedPacket } from 'coap-packet';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
+import { RawCoapClient, type Received } from '../helpers/coap.js';
 import { parseConfig } from '../../src/config/index.js';
 import { COAP_LIMITS_DEFAULTS } from '../../src/config/schema.js';
 import { WanwuError } from '../../src/errors.js';
@@ -20,77 +20,16 @@ import { silentLogger, tempDir, waitUntil } from '../helpers/index.js';
 const T0 = 1_750_000_000_000;
 const OFF = { perSecond: 0, burst: 1 };
 
-interface Answer {
-  packet: ParsedPacket;
-  raw: Buffer;
-}
+type Answer = Received;
 
-/** A bare UDP CoAP client bound to `address` (any 127.0.0.0/8 address reaches the listener). */
-class Client {
-  private readonly inbox: Answer[] = [];
-  private waiter: ((a: Answer) => void) | null = null;
-
-  private constructor(
-    readonly socket: dgram.Socket,
-    readonly serverPort: number,
-  ) {
-    socket.on('message', (raw: Buffer) => {
-      const a = { packet: parse(raw), raw };
-      if (this.waiter) {
-        const w = this.waiter;
-        this.waiter = null;
-        w(a);
-      } else this.inbox.push(a);
-    });
-  }
-
-  static async open(serverPort: number, address = '127.0.0.1'): Promise<Client> {
-    const socket = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, address, resolve));
-    const c = new Client(socket, serverPort);
+/** A raw client bound to `address`, closed after each test. */
+const Client = {
+  async open(serverPort: number, address = '127.0.0.1'): Promise<RawCoapClient> {
+    const c = await RawCoapClient.open(serverPort, address);
     clients.push(c);
     return c;
-  }
-
-  send(message: Packet | Buffer): Buffer {
-    const bytes = Buffer.isBuffer(message) ? message : generate(message);
-    this.socket.send(bytes, this.serverPort, '127.0.0.1');
-    return bytes;
-  }
-
-  next(timeoutMs = 2_000): Promise<Answer> {
-    const queued = this.inbox.shift();
-    if (queued) return Promise.resolve(queued);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = null;
-        reject(new Error(`no datagram within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiter = (a) => {
-        clearTimeout(timer);
-        resolve(a);
-      };
-    });
-  }
-
-  /** Sends and waits for the answer; `sent` is the request datagram. */
-  async request(message: Packet | Buffer): Promise<Answer & { sent: Buffer }> {
-    const sent = this.send(message);
-    return { ...(await this.next()), sent };
-  }
-
-  async nothingFor(ms: number): Promise<void> {
-    const got = await this.next(ms).then(
-      (a) => a,
-      () => null,
-    );
-    expect(got, got ? `unexpected datagram ${JSON.stringify(got.packet)}` : '').toBeNull();
-  }
-
-  close(): void {
-    this.socket.close();
-  }
-}
+  },
+};
 
 /** A Block1 option value (RFC 7959 §2.2): NUM | M | SZX, big-endian, minimal length. Written here, not imported, so the test checks the encoding too. */
 function block(num: number, more: boolean, szx: number): Buffer {
@@ -170,7 +109,7 @@ const unknownDevice = (): IngestOutcome => ({
   deadLettered: false,
 });
 
-const clients: Client[] = [];
+const clients: RawCoapClient[] = [];
 let listener: CoapListener | null = null;
 let gateway: Gateway | null = null;
 let cleanupDir: (() => void) | null = null;
@@ -187,7 +126,7 @@ afterEach(async () => {
 
 async function setup(
   o: { limits?: Partial<CoapLimits>; tuning?: Partial<CoapTuning>; maxPayloadBytes?: number; now?: () => number } = {},
-): Promise<{ ingest: Recorder; client: Client; listener: CoapListener }> {
+): Promise<{ ingest: Recorder; client: RawCoapClient; listener: CoapListener }> {
   const ingest = recorder();
   const l = createListener(
     {
