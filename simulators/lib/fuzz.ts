@@ -201,10 +201,9 @@ export const MQTT_LABELS = [
  * they keep finding new problems; remove an entry once the gateway is fixed.
  */
 export const KNOWN_ISSUES: Readonly<Record<string, string>> = Object.freeze({
-  'connect-persistent':
-    'a signed login with clean session 0 leaves a persistent aedes session behind (kept in memory forever, keyed by ' +
-    'the client id, whose timestamp makes every login a new one); each such session queues every later QoS 1/2 message ' +
-    'matching its subscriptions (e.g. the device\'s own /sys/{pk}/{dn}/#): heap grows with sessions x messages, without bound',
+  // Empty. 'connect-persistent' was here until device sessions were keyed by device rather than by
+  // the timestamped client id (src/transport/mqtt/index.ts): every clean=0 login left a new
+  // persistent aedes session behind.
 });
 
 const SIGN_METHODS: readonly SignMethod[] = ['hmacsha256', 'hmacsha1', 'hmacmd5'];

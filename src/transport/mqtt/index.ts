@@ -361,6 +361,12 @@ class AedesListener implements MqttListener {
       const verdict = step(ctx);
       if (!verdict) continue;
       if ('session' in verdict) {
+        // One MQTT session per device, whatever the client id says: Alibaba client ids carry a fresh
+        // timestamp per login, so keyed by them every clean=0 login would leave a new persistent
+        // session behind in aedes (found by the fuzzer; memory without bound), a device could never
+        // resume its session, and two logins of one device would both stay up. aedes reads client.id
+        // after authenticate (session restore, takeover of an older connection [MQTT-3.1.4-2]).
+        if (verdict.session.role === 'device') client.id = `${verdict.session.productKey}|${verdict.session.deviceName}`;
         this.sessions.set(client, verdict.session);
         this.setGuardPolicy(client, verdict.session);
         this.counts.connects++;
