@@ -22,7 +22,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { WanwuError } from '../errors.js';
 import type { Logger, Stage, TelemetryRecord, Transport } from '../types.js';
-import { CommitError, ROW_SEP, SQL, SqliteWriter, type CommitBatch } from './writer.js';
+import { CommitError, SQL, SqliteWriter, type CommitBatch } from './writer.js';
 
 export type WhenFull = 'reject-new' | 'drop-oldest';
 
@@ -145,11 +145,9 @@ export interface RecordBuffer extends Stage {
 }
 
 interface Pending {
-  /** Queued rows' text, flat: route, body, route, body, ... (no object per record on the hot path). */
-  texts: string[];
-  /** Their received_at, one per row. */
-  times: number[];
-  /** Records queued. */
+  /** Queued rows, flat: route, received_at, body, route, ... (no object per record on the hot path). */
+  rows: Array<string | number>;
+  /** Records queued (rows.length / 3). */
   count: number;
   bytes: number;
   deadLetters: DeadLetterInput[];
@@ -344,19 +342,17 @@ class SqliteBuffer implements RecordBuffer {
     if (!this.db) return Promise.reject(new WanwuError('WANWU_ERR_STORAGE', 'the buffer is not open'));
     // Straight into the pending batch (the hot path allocates only the JSON and the route), taken
     // back out if reject-new refuses.
-    const { texts, times } = this.pending;
-    const mark = times.length;
+    const rows = this.pending.rows;
+    const mark = rows.length;
     let bytes = 0;
     for (let i = 0; i < records.length; i++) {
       const r = records[i]!;
       const body = JSON.stringify(r);
-      texts.push(routeOf(r), body);
-      times.push(r.receivedAt);
+      rows.push(routeOf(r), r.receivedAt, body);
       bytes += body.length + ROW_OVERHEAD;
     }
     if (this.whenFull === 'reject-new' && this.wouldOverflow(records.length, bytes)) {
-      texts.length = mark * 2;
-      times.length = mark;
+      rows.length = mark;
       this.refused += records.length;
       return Promise.reject(new WanwuError('WANWU_ERR_BUFFER_FULL', `the buffer is full (${this.limitText()}); retry later`));
     }
@@ -591,9 +587,7 @@ class SqliteBuffer implements RecordBuffer {
     if (lossByUpstream) for (const name of lossByUpstream.keys()) this.dirtyCursors.add(name);
     const cursorUpdates = [...this.dirtyCursors].map((name) => [name, Math.max(this.cursors.get(name)!, lossByUpstream?.has(name) ? dropThrough : 0)] as const);
     this.dirtyCursors.clear();
-    // One string for the whole batch: the copy to the writer thread is then one memcpy rather than a
-    // structured-clone entry per field (JSON text never contains a raw U+001E, nor does a route).
-    const work: CommitBatch = { text: batch.texts.join(ROW_SEP), times: batch.times, deadLetters: batch.deadLetters, cursorUpdates, dropThrough: drop > 0 ? dropThrough : 0 };
+    const work: CommitBatch = { rows: batch.rows, deadLetters: batch.deadLetters, cursorUpdates, dropThrough: drop > 0 ? dropThrough : 0 };
     this.committingCount += batch.count;
     this.committingBytes += batch.bytes;
     this.dropCommitting = drop > 0;
@@ -786,7 +780,7 @@ function undeliveredCount(losses: ReadonlyMap<string, number>): number {
 }
 
 function emptyPending(): Pending {
-  return { texts: [], times: [], count: 0, bytes: 0, deadLetters: [], settled: null };
+  return { rows: [], count: 0, bytes: 0, deadLetters: [], settled: null };
 }
 
 function fileSize(path: string): number {

@@ -26,9 +26,6 @@ export const SQL = {
 /** The writer's page cache (SQLite's default is 2 MiB): room for a batch of ~50k records. */
 const CACHE_KIB = 32 * 1024;
 
-/** Separates the routes and bodies of a batch in CommitBatch.text. */
-export const ROW_SEP = '\u001e';
-
 /** Records inserted per multi-row INSERT statement (the rest of a batch goes one by one). */
 export const ROWS_PER_INSERT = 16;
 
@@ -46,10 +43,8 @@ export interface DeadLetterRow {
 
 /** One transaction's worth of work. */
 export interface CommitBatch {
-  /** Every row's route and body, joined by ROW_SEP: route, body, route, body, ... ('' for none). */
-  text: string;
-  /** received_at of each row. */
-  times: number[];
+  /** Flat rows: route, received_at, body, route, ... */
+  rows: Array<string | number>;
   deadLetters: DeadLetterRow[];
   cursorUpdates: ReadonlyArray<readonly [string, number]>;
   /** Delete records up to this seq first (drop-oldest); 0 = none. */
@@ -86,19 +81,13 @@ const width = workerData.rowsPerInsert * 3;
 const args = new Array(width);
 const commit = db.transaction((m) => {
   if (m.dropThrough > 0) deleteThrough.run(m.dropThrough);
-  const times = m.times;
-  const parts = times.length > 0 ? m.text.split(workerData.sep) : [];
-  const perInsert = workerData.rowsPerInsert;
-  let i = 0;
-  for (; i + perInsert <= times.length; i += perInsert) {
-    for (let k = 0; k < perInsert; k++) {
-      args[k * 3] = parts[(i + k) * 2];
-      args[k * 3 + 1] = times[i + k];
-      args[k * 3 + 2] = parts[(i + k) * 2 + 1];
-    }
+  const rows = m.rows;
+  let o = 0;
+  for (; o + width <= rows.length; o += width) {
+    for (let k = 0; k < width; k++) args[k] = rows[o + k];
     insertMany.run(args);
   }
-  for (; i < times.length; i++) insertRecord.run(parts[i * 2], times[i], parts[i * 2 + 1]);
+  for (; o < rows.length; o += 3) insertRecord.run(rows[o], rows[o + 1], rows[o + 2]);
   for (const d of m.deadLetters) {
     const payload = Buffer.from(d.payload.buffer, d.payload.byteOffset, d.payload.byteLength);
     insertDeadLetter.run(d.receivedAt, d.transport, d.productKey ?? null, d.deviceName ?? null, d.topic, d.peer, d.code, d.message, payload);
@@ -169,7 +158,6 @@ export class SqliteWriter {
         busyTimeoutMs: o.busyTimeoutMs,
         cacheKiB: CACHE_KIB,
         rowsPerInsert: ROWS_PER_INSERT,
-        sep: ROW_SEP,
         sql: { ...SQL, insertMany: SQL.insertMany(ROWS_PER_INSERT) },
       },
     });
