@@ -47,6 +47,7 @@ export const ERROR_CODES = {
   WANWU_ERR_BANNED: { fault: 'device', alink: 429, coap: '4.29', summary: 'too many MQTT connects from this identity in a minute: refused for the ban period (CONNACK 5)' },
   WANWU_ERR_TOO_MANY_CONNECTIONS: { fault: 'capacity', alink: 503, coap: '5.03', summary: 'the MQTT listener holds mqtt.limits.maxConnections connections; new ones are closed at once' },
   // Device registry (src/registry/store.ts, `wanwu devices`). 6204 is Alibaba IoT's "device disabled".
+  WANWU_ERR_REGISTRATION: { fault: 'device', alink: 403, coap: '4.03', summary: 'dynamic registration refused: off for the product, not over TLS, or the device is already active' },
   WANWU_ERR_DEVICE_DISABLED: { fault: 'device', alink: 6204, coap: '4.03', summary: 'the device is disabled in the registry (wanwu devices disable); refused until enabled again' },
   WANWU_ERR_CARD_MISMATCH: { fault: 'device', alink: 403, coap: '4.03', summary: 'the device presented an ICCID other than the one bound to it (card binding, 机卡绑定); refused and audited' },
   WANWU_ERR_REGISTRY: { fault: 'config', alink: 500, coap: '5.00', summary: 'the device registry database cannot be opened, or its secrets key is missing, malformed or wrong' },

@@ -50,6 +50,12 @@ export interface Product {
    * one (lab use; the gateway warns at start).
    */
   auth?: ProductAuth;
+  /**
+   * Dynamic registration (Alibaba's 一型一密, with pre-registration): a device listed in the registry
+   * that knows this product secret may fetch its device secret once, over MQTT on TLS, until it is
+   * first seen. Absent = off (the default).
+   */
+  productSecret?: string;
 }
 
 /** product.json `auth`: how the product's CoAP devices authenticate. */
@@ -82,6 +88,11 @@ export interface Registry {
   seen?(productKey: string, deviceName: string, at: number): void;
   /** Keeps an audit entry and logs it (rate-limited). Registries without a store ignore it. */
   audit?(entry: AuditEntry): void;
+  /**
+   * Dynamic registration: gives a device a new secret and returns it, once per activation: refused
+   * with WANWU_ERR_REGISTRATION once the device has been seen. Registries without a store lack it.
+   */
+  register?(productKey: string, deviceName: string): string;
 }
 
 /** The parsed contents of one product folder (what loadRegistry reads; tests build products from it directly). */
@@ -98,12 +109,13 @@ export interface ProductSource {
 // Keys end up in topics (/sys/{productKey}/{deviceName}/...): the same alphabet src/thing-model/topic.ts accepts.
 const TOPIC_NAME = { re: /^[A-Za-z0-9_.:@\-]{1,64}$/, what: 'a name of 1-64 letters, digits or _ . : @ -' };
 const IMEI = { re: /^\d{15}$/, what: 'a 15-digit IMEI' };
+const PRODUCT_SECRET = { re: /^[\x21-\x7e]{16,64}$/, what: 'a product secret of 16-64 printable characters' };
 const ICCID = { re: /^\d{18,19}[\dFf]$/, what: 'a 19-20 digit ICCID' };
 // Alibaba IoT's DeviceSecret is 32 characters; any printable ASCII without spaces, up to 128, is taken.
 const SECRET = { re: /^[\x21-\x7e]{1,128}$/, what: 'a secret of 1-128 printable ASCII characters without spaces' };
 /** The formats of a device record's fields, shared by devices.json and `wanwu devices`. */
 export const DEVICE_FIELD_FORMATS = Object.freeze({ deviceName: TOPIC_NAME, deviceSecret: SECRET, imei: IMEI, iccid: ICCID });
-const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description', 'cardBinding', 'auth'] as const;
+const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description', 'cardBinding', 'auth', 'dynamicRegistration'] as const;
 
 /**
  * Why a known device may not send: null when it may. Called by the pipeline for every uplink (and
@@ -162,6 +174,16 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
   r.optionalString(p.description, 'description');
   const cardBinding = p.cardBinding === undefined ? true : r.boolean(p.cardBinding, 'cardBinding');
   const auth: ProductAuth = p.auth === undefined ? 'sign' : r.oneOf(p.auth, 'auth', PRODUCT_AUTH);
+  let productSecret: string | undefined;
+  if (p.dynamicRegistration !== undefined) {
+    const d = r.object(p.dynamicRegistration, 'dynamicRegistration');
+    r.onlyKeys(d, 'dynamicRegistration', ['productSecret'] as const);
+    // Checked by hand: the reader's messages quote the value, and a secret must not end up in a log.
+    if (typeof d.productSecret !== 'string' || !PRODUCT_SECRET.re.test(d.productSecret)) {
+      r.fail('dynamicRegistration.productSecret', `expected ${PRODUCT_SECRET.what} (the value is not shown)`);
+    }
+    productSecret = d.productSecret as string;
+  }
 
   const modelFile = path.join(dir, 'model.json');
   const model = src.model === undefined || src.model === null ? null : parseThingModel(src.model, modelFile, warn);
@@ -176,7 +198,7 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
   const codec = buildCodec(p.codec, { productKey, model, reader: r, path: 'codec', dir });
   const devices = src.devices === undefined || src.devices === null ? new Map<string, Device>() : parseDevices(src.devices, productKey, dir);
 
-  return Object.freeze({ productKey, name, rat, dir, model, codec, devices, cardBinding, auth });
+  return Object.freeze({ productKey, name, rat, dir, model, codec, devices, cardBinding, auth, ...(productSecret ? { productSecret } : {}) });
 }
 
 function parseDevices(json: unknown, productKey: string, dir: string): Map<string, Device> {

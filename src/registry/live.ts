@@ -10,6 +10,8 @@
 // It is a Registry (src/registry/index.ts), so the listeners and the pipeline use it unchanged; a
 // disabled device stays visible (status 'disabled') and deviceRefusal() refuses it.
 
+import { randomBytes } from 'node:crypto';
+import { WanwuError } from '../errors.js';
 import type { Logger } from '../types.js';
 import { loadRegistry, type AuditEntry, type Device, type Product, type Registry } from './index.js';
 import { openDeviceStore, type DeviceStore } from './store.js';
@@ -76,10 +78,11 @@ export function createLiveRegistry(opts: LiveRegistryOptions): LiveRegistry {
     return { changed, orphans };
   }
 
-  function load(): boolean {
+  /** force: read changes made through this process's own connection, which data_version does not count. */
+  function load(force = false): boolean {
     const s = store!;
     const version = s.dataVersion();
-    if (version === dataVersion) return false;
+    if (version === dataVersion && !force) return false;
     dataVersion = version;
     const { devices, broken, rev: next } = s.changedSince(rev);
     rev = next;
@@ -144,6 +147,20 @@ export function createLiveRegistry(opts: LiveRegistryOptions): LiveRegistry {
       const prev = pendingSeen.get(key);
       if (!prev) pendingSeen.set(key, { productKey, deviceName, at });
       else if (prev.at < at) prev.at = at;
+    },
+
+    register(productKey, deviceName) {
+      const s = store;
+      const info = s?.get(productKey, deviceName);
+      if (!s || !info) throw new WanwuError('WANWU_ERR_REGISTRATION', `no device ${productKey}/${deviceName} to register (devices are registered beforehand)`);
+      // Alibaba: a device may register again until it is active; after that only an operator reset helps.
+      if (info.lastSeenAt !== null || pendingSeen.has(`${productKey}/${deviceName}`)) {
+        throw new WanwuError('WANWU_ERR_REGISTRATION', `device ${productKey}/${deviceName} is already active; rotate its secret with wanwu devices rotate-secret instead`);
+      }
+      const secret = randomBytes(16).toString('hex');
+      s.setSecret(productKey, deviceName, secret);
+      load(true); // the new secret works for the next login at once
+      return secret;
     },
 
     audit(entry: AuditEntry) {

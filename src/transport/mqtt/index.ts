@@ -20,7 +20,7 @@ import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Su
 import { MQTT_LIMITS_DEFAULTS } from '../../config/schema.js';
 import { WanwuError, type ErrorCode } from '../../errors.js';
 import { deviceRefusal, type Registry } from '../../registry/index.js';
-import { parseMqttLogin, verifySign, type MqttLogin } from '../../registry/sign.js';
+import { computeSign, parseMqttLogin, SIGN_METHODS, verifySign, type MqttLogin, type SignMethod } from '../../registry/sign.js';
 import type { IngestHandler, IngestOutcome, Logger, RawMessage } from '../../types.js';
 import { parseUplinkTopic, replyTopic } from '../../thing-model/topic.js';
 import { GuardedConnection, MQTT_MAX_PACKET_BYTES, PacketGuard } from './guard.js';
@@ -113,7 +113,9 @@ export interface MqttListener {
 type Session =
   | { role: 'device'; productKey: string; deviceName: string; prefix: string; key: string }
   | { role: 'app' }
-  | { role: 'publisher' };
+  | { role: 'publisher' }
+  /** Dynamic registration: gets its device secret on /ext/register, then is disconnected. */
+  | { role: 'register'; productKey: string; deviceName: string; secret: string };
 
 interface LoginContext {
   client: Client;
@@ -204,6 +206,7 @@ class AedesListener implements MqttListener {
     });
     broker.on('client', (client) => {
       const s = this.sessions.get(client);
+      if (s?.role === 'register') return this.sendDeviceSecret(client, s);
       if (s?.role === 'device') this.counts.devices++;
       else if (s?.role === 'app') this.counts.apps++;
     });
@@ -397,6 +400,7 @@ class AedesListener implements MqttListener {
           ? { code: 'WANWU_ERR_PROTOCOL', message: 'username contains +, #, / or NUL', returnCode: 4, reason: 'usernameChars' }
           : undefined,
     (ctx) => (this.isAccount(this.opts.apps, ctx) ? { session: { role: 'app' } } : undefined),
+    (ctx) => this.registration(ctx),
     // Devices from here on. MQTT 3.1.1 cannot tell a client which keepalive to use (MQTT 5's Server
     // Keep Alive can), so one asking for a keepalive outside the range gets CONNACK 2, as mosquitto's
     // max_keepalive does.
@@ -453,6 +457,45 @@ class AedesListener implements MqttListener {
     },
   ];
 
+  /**
+   * Alibaba's MQTT dynamic registration (一型一密, with pre-registration): client id
+   * `{deviceName}|securemode=2,authType=register,random={random},signmethod={method}|`, username
+   * `{deviceName}&{productKey}`, password = HMAC(productSecret, `deviceName{dn}productKey{pk}random{random}`).
+   * Over TLS only (the secret travels back on this connection). Not a registration: undefined.
+   */
+  private registration(ctx: LoginContext): LoginVerdict | undefined {
+    const m = /^([^|]+)\|(.*)\|$/.exec(ctx.client.id);
+    const params = new Map((m?.[2] ?? '').split(',').map((kv) => kv.split('=') as [string, string]));
+    if (!m || params.get('authType') !== 'register') return undefined;
+    const refuse = (code: ErrorCode, message: string, returnCode: 4 | 5): LoginVerdict => ({ code, message, returnCode, authFailure: true });
+    const [deviceName = '', productKey = ''] = (ctx.username ?? '').split('&');
+    const method = params.get('signmethod') as SignMethod | undefined;
+    const random = params.get('random') ?? '';
+    if (deviceName !== m[1] || !method || !(method in SIGN_METHODS) || random === '') return refuse('WANWU_ERR_AUTH', 'malformed registration login', 4);
+    const product = this.opts.registry.product(productKey);
+    if (!product?.productSecret || !this.opts.registry.register) return refuse('WANWU_ERR_REGISTRATION', `dynamic registration is off for ${productKey}`, 5);
+    const expected = Buffer.from(computeSign(method, product.productSecret, `deviceName${deviceName}productKey${productKey}random${random}`));
+    const given = Buffer.from(ctx.password ?? Buffer.alloc(0));
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return refuse('WANWU_ERR_AUTH', 'bad registration sign', 4);
+    const conn = ctx.client.conn;
+    if (!(conn instanceof GuardedConnection) || !(conn.socket as { encrypted?: boolean }).encrypted) {
+      return refuse('WANWU_ERR_REGISTRATION', 'dynamic registration is accepted over TLS only (the secret is sent back)', 5);
+    }
+    try {
+      const secret = this.opts.registry.register(productKey, deviceName);
+      this.opts.registry.audit?.({ at: ctx.now, productKey, deviceName, event: 'registered', source: `mqtt ${peerOf(ctx.client)}` });
+      return { session: { role: 'register', productKey, deviceName, secret } };
+    } catch (err) {
+      return refuse(err instanceof WanwuError ? err.code : 'WANWU_ERR_REGISTRATION', (err as Error).message, 5);
+    }
+  }
+
+  /** After the CONNACK: the secret on /ext/register (QoS 0, as Alibaba does), then the connection ends. */
+  private sendDeviceSecret(client: Client, s: { productKey: string; deviceName: string; secret: string }): void {
+    const payload = Buffer.from(JSON.stringify({ productKey: s.productKey, deviceName: s.deviceName, deviceSecret: s.secret }));
+    client.publish({ cmd: 'publish', topic: '/ext/register', payload, qos: 0, retain: false, dup: false }, () => client.close());
+  }
+
   private isAccount(list: readonly MqttAccount[], ctx: LoginContext): boolean {
     const { username, password } = ctx;
     return username !== undefined && password !== undefined && list.some((a) => a.username === username && sameSecret(a.password, password));
@@ -467,7 +510,7 @@ class AedesListener implements MqttListener {
 
   private authorizePublish(client: Client | null, packet: PublishPacket, done: (error?: Error | null) => void): void {
     const session = client ? this.sessions.get(client) : undefined;
-    if (!client || !session) return done(new Error('publish without a session'));
+    if (!client || !session || session.role === 'register') return done(new Error('publish without a session'));
     if (session.role === 'publisher') {
       return done(packet.topic.startsWith(APP_ROOT) ? null : new Error(`internal publisher may publish under ${APP_ROOT} only`));
     }

@@ -161,7 +161,12 @@ describe('registry: broken definitions are refused', () => {
     ['a productKey that is not the folder name', (f) => (f['product.json'].productKey = 'TankNB2'), 'TankNB/product.json: productKey: "TankNB2" does not match its folder name "TankNB"'],
     ['a missing name', (f) => delete f['product.json'].name, 'TankNB/product.json: name: missing (expected a non-empty string)'],
     ['an unknown rat', (f) => (f['product.json'].rat = '5g'), 'TankNB/product.json: rat: expected one of "nb-iot", "cat1", "redcap", got "5g"'],
-    ['an unknown product.json key', (f) => (f['product.json'].codex = {}), 'TankNB/product.json: codex: unknown key (allowed: productKey, name, rat, codec, description, cardBinding, auth)'],
+    [
+      'a product secret that is too short',
+      (f) => (f['product.json'].dynamicRegistration = { productSecret: 'short' }),
+      'TankNB/product.json: dynamicRegistration.productSecret: expected a product secret of 16-64 printable characters (the value is not shown)',
+    ],
+    ['an unknown product.json key', (f) => (f['product.json'].codex = {}), 'TankNB/product.json: codex: unknown key (allowed: productKey, name, rat, codec, description, cardBinding, auth, dynamicRegistration)'],
     ['an unknown CoAP auth mode', (f) => (f['product.json'].auth = 'psk'), 'TankNB/product.json: auth: expected one of "sign", "none", got "psk"'],
     ['a missing codec', (f) => delete f['product.json'].codec, 'TankNB/product.json: codec: missing (expected an object)'],
     ['an unknown codec type', (f) => (f['product.json'].codec = { type: 'zigbee' }), 'TankNB/product.json: codec.type: expected one of "alink-json", "binary", "protobuf", "script", "cbor", got "zigbee"'],
