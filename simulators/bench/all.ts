@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { loadRegistry } from '../../src/registry/index.js';
 import { holdConnections, loopbackAddresses, openFileLimit, statusMemory } from '../lib/connections.js';
 import { runFleet, type FleetOptions } from '../lib/fleet.js';
-import { startGatewayProcess, writeConfigFile, type GatewayProcess } from '../lib/gateway-process.js';
+import { startWanwuChild, stopGatewayProcess, type GatewayProcess } from '../lib/gateway-process.js';
 import { Mosquitto, which } from '../lib/mosquitto.js';
 import { provisionDevices } from '../lib/provision.js';
 import { formatRamp, runRamp } from '../lib/ramp.js';
@@ -57,21 +57,8 @@ interface WanwuTarget {
 
 /** A Wanwu child process on `devicesDir` forwarding to `upstreamUrl` (or its local upstream); ports chosen by the OS. */
 export async function startWanwu(workDir: string, devicesDir: string, name: string, upstreamUrl?: string): Promise<WanwuTarget> {
-  const config = writeConfigFile(
-    workDir,
-    {
-      coap: { host: '127.0.0.1', port: 0 },
-      mqtt: { host: '127.0.0.1', port: 0 },
-      http: { host: '127.0.0.1', port: 0 },
-      storage: { path: join(workDir, `${name}.db`) },
-      devicesDir,
-      upstreams: [upstreamUrl ? { name: 'bench', url: upstreamUrl, clientId: `wanwu-bench-${name}`, window: 1024 } : { name: 'local', url: 'local' }],
-      log: { level: 'info' },
-    },
-    `${name}.json`,
-  );
-  const gw = startGatewayProcess(['start', '--config', config]);
-  const ports = await gw.ready;
+  const upstreams = upstreamUrl ? [{ name: 'bench', url: upstreamUrl, clientId: `wanwu-bench-${name}`, window: 1024 }] : undefined;
+  const { gw, ports } = await startWanwuChild(workDir, { devicesDir, name, ...(upstreams ? { upstreams } : {}) });
   const mqtt = `mqtt://127.0.0.1:${ports.mqtt}`;
   return {
     gw,
@@ -80,11 +67,6 @@ export async function startWanwu(workDir: string, devicesDir: string, name: stri
     status: `http://127.0.0.1:${ports.http}/status`,
     upstream: upstreamUrl ? { url: upstreamUrl, topic: 'wanwu/#' } : { url: mqtt, topic: 'wanwu/#', username: 'app', password: 'wanwu-demo' },
   };
-}
-
-async function stopWanwu(gw: GatewayProcess): Promise<void> {
-  if (gw.proc.exitCode === null && gw.proc.signalCode === null) gw.proc.kill('SIGTERM');
-  await gw.exit;
 }
 
 /** A fleet at a fixed rate of NB-IoT CoAP devices, watching the gateway's upstream. */
@@ -181,7 +163,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           json.ramp = ramp;
           json.endToEnd = r;
         } finally {
-          await stopWanwu(w.gw);
+          await stopGatewayProcess(w.gw);
         }
       }
 
@@ -210,7 +192,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         json.soak = { rssMiB: samples.map(mib), result: r };
       } finally {
         clearInterval(sampler);
-        await stopWanwu(w.gw);
+        await stopGatewayProcess(w.gw);
       }
     } finally {
       await upstream?.stop();
@@ -237,7 +219,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         targets.push({ name: 'gateway RSS per idle session', value: `${(perSession / 1024).toFixed(1)} KiB`, target: '< 10 KB', met: perSession < 10_000 });
         json.sessions = r;
       } finally {
-        await stopWanwu(w.gw);
+        await stopGatewayProcess(w.gw);
       }
     }
   } finally {

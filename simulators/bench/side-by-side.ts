@@ -17,10 +17,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { signMqttLogin } from '../../src/registry/sign.js';
-import { startGatewayProcess, writeConfigFile } from '../lib/gateway-process.js';
+import { startWanwuChild } from '../lib/gateway-process.js';
 import { coapLoad, mqttLoad, type LoadResult } from '../lib/load.js';
 import { freePort, which } from '../lib/mosquitto.js';
 
@@ -220,29 +220,10 @@ async function startMosquitto(bin: string, dir: string): Promise<ServerUnderTest
 /** The gateway as a child process (bin/wanwu.js on dist/), durable storage, default local upstream. */
 async function startWanwu(dir: string, devicesDir: string): Promise<ServerUnderTest & { ports: { mqtt: number; coap: number; http: number } }> {
   mkdirSync(dir, { recursive: true });
-  const config = writeConfigFile(dir, {
-    coap: { host: '127.0.0.1', port: 0 },
-    // The per-device publish rate (100/s by default) is a policy, not the path's cost: off here, where a
-    // handful of connections carry the whole load. Every other limit stays at its default.
-    mqtt: { host: '127.0.0.1', port: 0, limits: { publishRate: { perSecond: 0 } } },
-    http: { host: '127.0.0.1', port: 0 },
-    // sync "full" is the default, spelled out: every group commit is fsynced before the device's ack.
-    storage: { path: join(dir, 'wanwu.db'), sync: 'full' },
-    devicesDir: resolve(devicesDir),
-    // The default upstream, spelled out: records go to the gateway's own broker under wanwu/#.
-    upstreams: [{ name: 'local', url: 'local' }],
-    // "info" for the ready line with the ports; the gateway logs nothing per message at info.
-    log: { level: 'info' },
-  });
-  const gw = startGatewayProcess(['start', '--config', config]);
-  let ports: { mqtt: number; coap: number; http: number };
-  try {
-    ports = await gw.ready;
-  } catch (err) {
-    await gw.kill9();
-    throw err;
-  }
-  return { pid: gw.proc.pid, port: 0, ports, stop: () => terminate(gw.proc) };
+  // The per-device publish rate (100/s by default) is a policy, not the path's cost: off here, where a
+  // handful of connections carry the whole load. Every other limit stays at its default.
+  const w = await startWanwuChild(dir, { devicesDir, mqtt: { limits: { publishRate: { perSecond: 0 } } } });
+  return { pid: w.gw.proc.pid, port: 0, ports: w.ports, stop: w.stop };
 }
 
 async function gatewayStatus(http: number): Promise<SideBySideRow['gateway'] & { rejectedByCode: Record<string, number> }> {

@@ -16,7 +16,7 @@ import { ECL_LINKS, type Ecl } from './link-model.js';
 import { MqttDevice, type AlinkReply } from './mqtt-device.js';
 import { createMessageFactory, type MessageFactory, type SimMessage } from './payload.js';
 import { PsmDevice, PsmSchedule, RatePacer } from './schedule.js';
-import { RunStats, type LatencySummary } from './stats.js';
+import { lossRatio, RunStats, type LatencySummary } from './stats.js';
 import { UpstreamWatch } from './upstream-watch.js';
 
 export interface FleetSize {
@@ -441,7 +441,7 @@ export class Fleet {
             expected: s.expectedRecords,
             received: s.receivedRecords,
             lost: Math.max(0, s.expectedRecords - s.receivedRecords),
-            lossRatio: s.expectedRecords > 0 ? Math.max(0, s.expectedRecords - s.receivedRecords) / s.expectedRecords : 0,
+            lossRatio: lossRatio(s.expectedRecords, s.receivedRecords),
             duplicates: s.duplicateRecords,
             foreign: watch.foreign,
             latencyMs: s.endToEnd.summary(),

@@ -3,7 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** bin/wanwu.js, from simulators/lib (tests) or dist/simulators/lib (built). */
@@ -61,4 +61,52 @@ export function writeConfigFile(dir: string, config: Record<string, unknown>, na
   const file = join(dir, name);
   writeFileSync(file, JSON.stringify(config, null, 2));
   return file;
+}
+
+/** Sends SIGTERM and waits for the exit; SIGKILL after `graceMs`. */
+export async function stopGatewayProcess(gw: GatewayProcess, graceMs = 10_000): Promise<void> {
+  if (gw.proc.exitCode !== null || gw.proc.signalCode !== null) return;
+  gw.proc.kill('SIGTERM');
+  const timer = setTimeout(() => gw.proc.kill('SIGKILL'), graceMs);
+  await gw.exit;
+  clearTimeout(timer);
+}
+
+export interface WanwuChild {
+  gw: GatewayProcess;
+  ports: GatewayPorts;
+  stop(): Promise<void>;
+}
+
+/**
+ * The gateway as a child process for benchmarks: every listener on 127.0.0.1 port 0, durable storage
+ * (sync "full", the default) in `dir`, log level info (for the ready line; nothing is logged per
+ * message at info). `upstreams` defaults to the local upstream; `mqtt` adds keys to the MQTT section.
+ */
+export async function startWanwuChild(
+  dir: string,
+  opts: { devicesDir: string; name?: string; upstreams?: unknown[]; mqtt?: Record<string, unknown> },
+): Promise<WanwuChild> {
+  const name = opts.name ?? 'wanwu';
+  const config = writeConfigFile(
+    dir,
+    {
+      coap: { host: '127.0.0.1', port: 0 },
+      mqtt: { host: '127.0.0.1', port: 0, ...opts.mqtt },
+      http: { host: '127.0.0.1', port: 0 },
+      storage: { path: join(dir, `${name}.db`), sync: 'full' },
+      devicesDir: resolve(opts.devicesDir),
+      upstreams: opts.upstreams ?? [{ name: 'local', url: 'local' }],
+      log: { level: 'info' },
+    },
+    `${name}.json`,
+  );
+  const gw = startGatewayProcess(['start', '--config', config]);
+  try {
+    const ports = await gw.ready;
+    return { gw, ports, stop: () => stopGatewayProcess(gw) };
+  } catch (err) {
+    await gw.kill9();
+    throw err;
+  }
 }

@@ -146,8 +146,3 @@ export function lossRatio(expected: number, received: number): number {
   if (expected <= 0) return 0;
   return Math.max(0, expected - received) / expected;
 }
-
-/** Mean of the values, 0 for none. */
-export function mean(values: readonly number[]): number {
-  return values.length === 0 ? 0 : values.reduce((a, b) => a + b, 0) / values.length;
-}
