@@ -30,6 +30,8 @@ export const ERROR_CODES = {
   // CoAP authentication (src/transport/coap/auth.ts): POST /auth issues a token; uplinks carry it in option 2088 and a sequence number in 2089.
   WANWU_ERR_TOKEN: { fault: 'device', alink: 401, coap: '4.01', summary: 'CoAP token missing, unknown, expired or revoked: authenticate again with POST /auth' },
   WANWU_ERR_REPLAY: { fault: 'device', alink: 401, coap: '4.01', summary: 'CoAP sequence number (option 2089) missing or not above the last one accepted for the token, or a /auth sign used twice' },
+  // CoAP payload encryption (src/transport/coap/encryption.ts): 4.01, so a device whose key is stale authenticates again (Alibaba's C SDK does on 4.01).
+  WANWU_ERR_DECRYPT: { fault: 'device', alink: 401, coap: '4.01', summary: 'CoAP payload or sequence number (option 2089) of a product with coapEncryption does not decrypt with the key of its token (not encrypted, or another key)' },
   WANWU_ERR_TOPIC: { fault: 'device', alink: 6203, coap: '4.04', summary: 'unknown or unsupported topic or CoAP path' },
   WANWU_ERR_TOO_LARGE: { fault: 'device', alink: 460, coap: '4.13', summary: 'payload larger than the configured limit' },
   WANWU_ERR_MALFORMED: { fault: 'device', alink: 6207, coap: '4.00', summary: 'payload cannot be decoded (not JSON, wrong Alink shape, short binary frame)' },
@@ -52,6 +54,11 @@ export const ERROR_CODES = {
   WANWU_ERR_CARD_MISMATCH: { fault: 'device', alink: 403, coap: '4.03', summary: 'the device presented an ICCID other than the one bound to it (card binding, 机卡绑定); refused and audited' },
   WANWU_ERR_REGISTRY: { fault: 'config', alink: 500, coap: '5.00', summary: 'the device registry database cannot be opened, or its secrets key is missing, malformed or wrong' },
   WANWU_ERR_DEVICE_RECORD: { fault: 'config', alink: 460, coap: '4.00', summary: 'a device record given to wanwu devices is refused: unknown product or device, duplicate device or IMEI, bad name, secret, IMEI or ICCID' },
+  // Commands to devices (src/downlink): refused at submission, or a device reply that matches nothing.
+  WANWU_ERR_COMMAND: { fault: 'device', alink: 460, coap: '4.00', summary: 'a command is refused at submission: unknown method or service, a property that is not rw, params or raw bytes that do not satisfy the thing model or the codec, bad ttl' },
+  WANWU_ERR_QUEUE_FULL: { fault: 'capacity', alink: 503, coap: '5.03', summary: "the device's command queue holds downlink.maxPerDevice open commands; retry once some complete" },
+  WANWU_ERR_COMMAND_STATE: { fault: 'device', alink: 409, coap: '4.00', summary: 'the command is already final (replied, expired or cancelled) and cannot be cancelled' },
+  WANWU_ERR_UNKNOWN_COMMAND: { fault: 'device', alink: 6300, coap: '4.04', summary: 'no such command: an unknown id in the API, or a device reply whose id matches no open command of that device' },
   WANWU_ERR_INTERNAL: { fault: 'internal', alink: 500, coap: '5.00', summary: 'unexpected internal error (a bug; please report it)' },
 } as const satisfies Record<string, CodeInfo>;
 

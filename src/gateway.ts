@@ -4,6 +4,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { createBuffer, type RecordBuffer } from './buffer/index.js';
+import { commandsPath, createDownlink, type Downlink } from './downlink/index.js';
 import type { Config } from './config/index.js';
 import { createForwarder, type Forwarder } from './forward/index.js';
 import { createPipeline, type Pipeline } from './pipeline.js';
@@ -33,6 +34,7 @@ export interface Gateway {
 export function createGateway(config: Readonly<Config>, logger: Logger): Gateway {
   let registry: LiveRegistry | null = null;
   let buffer: RecordBuffer | null = null;
+  let downlink: Downlink | null = null;
   let pipeline: Pipeline | null = null;
   let mqtt: MqttListener | null = null;
   let coap: CoapListener | null = null;
@@ -91,7 +93,21 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       ttlS: config.storage.ttl,
     });
     await buffer.start();
+    downlink = createDownlink({
+      path: commandsPath(config.downlink.path, config.storage.path),
+      registry,
+      records: buffer,
+      logger,
+      ttlS: config.downlink.ttlS,
+      maxTtlS: config.downlink.maxTtlS,
+      maxPerDevice: config.downlink.maxPerDevice,
+      maxPayloadBytes: config.downlink.maxPayloadBytes,
+      retainS: config.downlink.retainS,
+      sweepMs: config.downlink.sweepMs,
+    });
+    await downlink.start();
     pipeline = createPipeline({
+      downlink,
       registry,
       buffer,
       logger,
@@ -158,6 +174,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     await mqtt?.stop();
     await pipeline?.drain();
     registry?.stop();
+    await downlink?.stop();
     for (const f of forwarders) await f.stop();
     await buffer?.stop();
     await status?.stop();

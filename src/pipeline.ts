@@ -10,6 +10,7 @@ import { checkCard, deviceRefusal, type Device, type Product, type Registry } fr
 import { decodeUplink, type DecodedItem } from './thing-model/index.js';
 import type { IngestHandler, IngestOutcome, Logger, RawMessage, TelemetryRecord, Transport } from './types.js';
 import { uuidv7 } from './util/uuidv7.js';
+import type { Downlink } from './downlink/index.js';
 
 export interface PipelineOptions {
   registry: Registry;
@@ -17,6 +18,13 @@ export interface PipelineOptions {
   logger: Logger;
   /** Largest payload accepted per transport, in bytes. */
   maxPayloadBytes: Record<Transport, number>;
+  /** The command queue: device replies (route "command-reply") complete commands there. Absent: replies get WANWU_ERR_TOPIC. */
+  downlink?: Pick<Downlink, 'reply'>;
+  /**
+   * Told of every accepted uplink once its records are committed (device liveness, shadow). Called
+   * synchronously; must not throw (errors are logged) and must not keep `records` mutable.
+   */
+  observers?: ReadonlyArray<(raw: RawMessage, records: readonly TelemetryRecord[]) => void>;
 }
 
 export interface PipelineStats {
@@ -59,6 +67,8 @@ interface Context {
   product?: Product;
   device?: Device;
   items?: DecodedItem[];
+  /** What was committed, for the observers. */
+  records?: readonly TelemetryRecord[];
   outcome: IngestOutcome;
 }
 
@@ -159,6 +169,17 @@ const commit: Step = async (ctx, p) => {
   // Rejects with WANWU_ERR_STORAGE: the device is then not acknowledged.
   if (records.length > 0) await p.buffer.append(records);
   ctx.outcome.committed = records.length;
+  ctx.records = records;
+};
+
+/** A device's reply to a command: completes it in the queue (whose state record is committed before we return). */
+const commandReply: Step = async (ctx, p) => {
+  const route = ctx.raw.route;
+  if (route.type !== 'command-reply' || !p.downlink) throw new WanwuError('WANWU_ERR_TOPIC', `${ctx.raw.topic}: this gateway has no command queue`);
+  ctx.outcome.method = `${route.method}_reply`;
+  await p.downlink.reply(ctx.raw, ctx.product!, route.method);
+  ctx.outcome.committed = 1;
+  ctx.records = [];
 };
 
 export const UPLINK_STEPS: ReadonlyArray<readonly [name: string, step: Step]> = [
@@ -167,6 +188,13 @@ export const UPLINK_STEPS: ReadonlyArray<readonly [name: string, step: Step]> = 
   ['decode', decode],
   ['cardBinding', cardBinding],
   ['commit', commit],
+];
+
+/** Replies to commands (route "command-reply") take these steps instead of decode and commit. */
+export const REPLY_STEPS: ReadonlyArray<readonly [name: string, step: Step]> = [
+  ['checkSize', checkSize],
+  ['findDevice', findDevice],
+  ['commandReply', commandReply],
 ];
 
 export function createPipeline(opts: PipelineOptions): Pipeline {
@@ -204,10 +232,19 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
     inFlight++;
     const ctx: Context = { raw, outcome: { committed: 0, deadLettered: false } };
     try {
-      for (const [, step] of UPLINK_STEPS) await step(ctx, opts);
+      for (const [, step] of raw.route.type === 'command-reply' ? REPLY_STEPS : UPLINK_STEPS) await step(ctx, opts);
       stats.accepted[raw.transport]++;
       opts.registry.seen?.(raw.productKey, raw.deviceName, raw.receivedAt);
       stats.records[raw.transport] += ctx.outcome.committed;
+      if (opts.observers) {
+        for (const observe of opts.observers) {
+          try {
+            observe(raw, ctx.records ?? []);
+          } catch (err) {
+            opts.logger.error({ err: (err as Error).message }, 'uplink observer failed');
+          }
+        }
+      }
     } catch (thrown) {
       const error = asWanwuError(thrown);
       ctx.outcome.error = error;
@@ -259,6 +296,8 @@ export function createPipeline(opts: PipelineOptions): Pipeline {
       };
       try {
         ctx.raw.route = parseUplinkTopic(dl.topic).route;
+        // A reply belongs to a command that has since moved on (or expired): replaying it means nothing.
+        if (ctx.raw.route.type === 'command-reply') throw new WanwuError('WANWU_ERR_UNKNOWN_COMMAND', 'command replies are not replayed');
         findDevice(ctx, opts);
         decode(ctx, opts);
         cardBinding(ctx, opts);

@@ -14,7 +14,12 @@ export type UplinkRoute =
   | { type: 'event-post'; eventId: string } //  /sys/{pk}/{dn}/thing/event/{eventId}/post
   | { type: 'pack-post' } //  /sys/{pk}/{dn}/thing/event/property/pack/post (batched properties and events)
   | { type: 'batch-post' } //  /sys/{pk}/{dn}/thing/event/property/batch/post (the same, Link SDK's name)
-  | { type: 'up-raw' }; //  /sys/{pk}/{dn}/thing/model/up_raw
+  | { type: 'up-raw' } //  /sys/{pk}/{dn}/thing/model/up_raw
+  /**
+   * A device's reply to a command (src/downlink): /sys/{pk}/{dn}/thing/service/property/set_reply,
+   * .../thing/service/{serviceId}_reply, .../thing/model/down_raw_reply. `method` is the command's.
+   */
+  | { type: 'command-reply'; method: string };
 
 /** A packet from an identified device, before decoding. */
 export interface RawMessage {
@@ -31,7 +36,8 @@ export interface RawMessage {
   peer: string;
 }
 
-export type RecordKind = 'property' | 'event';
+/** property and event: device telemetry; command: a command's state change (src/downlink); state: a device's online/sleeping/offline change. */
+export type RecordKind = 'property' | 'event' | 'command' | 'state';
 
 /**
  * The normalized record (ARCHITECTURE.md "External contract"). Called `Record` there; named

@@ -91,14 +91,15 @@ export const COAP_LIMITS_DEFAULTS = Object.freeze({
 });
 
 /**
- * Defaults of coap.auth (src/transport/coap/auth.ts). 'optional' for now: the bundled simulator,
- * soak and interop tools still send unauthenticated CoAP; 'required' becomes the default once they
- * speak POST /auth. Token lifetime 48 h like Alibaba IoT's CoAP token, so a module reporting once a
- * day authenticates at most every other wake-up. A /auth timestamp more than 300 s from the gateway's
+ * Defaults of coap.auth (src/transport/coap/auth.ts). 'required': every product's uplinks need a
+ * token unless the product opts out with "auth": "none" (lab use; the gateway warns at start), so an
+ * out-of-the-box gateway has no unauthenticated CoAP path. 'optional' stays available as an explicit
+ * setting for a migration (it also warns at start). Token lifetime 48 h like Alibaba IoT's CoAP
+ * token, so a module reporting once a day authenticates at most every other wake-up. A /auth timestamp more than 300 s from the gateway's
  * clock is refused (a captured /auth cannot be replayed later). 100,000 tokens hold ~20 MB.
  */
 export const COAP_AUTH_DEFAULTS = Object.freeze({
-  mode: 'optional' as 'required' | 'optional',
+  mode: 'required' as 'required' | 'optional',
   tokenTtlS: 172_800,
   timestampWindowS: 300,
   maxTokens: 100_000,
@@ -290,6 +291,28 @@ export const configSchema = z.strictObject({
       reloadMs: z.number().int().min(50).max(60_000).default(1000),
       /** How often devices' last-seen times are written, in ms (batched: one transaction per flush). */
       lastSeenFlushMs: z.number().int().min(100).max(3_600_000).default(5000),
+    })
+    .prefault({}),
+  /**
+   * Commands to devices (src/downlink): a durable queue per device, delivered when the device can be
+   * reached (at once to an online MQTT device; on a CoAP device's next uplink).
+   */
+  downlink: z
+    .strictObject({
+      /** SQLite file of the command queue; its folder is created. null = commands.db in the folder of storage.path. */
+      path: z.string().min(1).nullable().default(null),
+      /** TTL of a command that names none, in seconds (48 h: what Huawei IoTDA and OneNET keep a command for a sleeping device). */
+      ttlS: z.number().int().min(1).default(172_800),
+      /** Longest TTL a command may ask for, in seconds (default 30 days). */
+      maxTtlS: z.number().int().min(1).default(2_592_000),
+      /** Open (not final) commands one device may have; more are refused with WANWU_ERR_QUEUE_FULL. */
+      maxPerDevice: z.number().int().min(1).max(100_000).default(100),
+      /** Largest encoded command in bytes (1024: one CoAP message without Block2 on an NB-IoT link). */
+      maxPayloadBytes: z.number().int().min(16).max(256 * 1024).default(1024),
+      /** How long replied, expired and cancelled commands stay queryable, in seconds (default 7 days). */
+      retainS: z.number().int().min(0).default(604_800),
+      /** How often command TTLs are checked, in ms. */
+      sweepMs: z.number().int().min(10).max(60_000).default(1000),
     })
     .prefault({}),
   /** Where normalized records go. The default sends them to the gateway's own broker under wanwu/#. */

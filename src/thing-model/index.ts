@@ -32,8 +32,8 @@ function withEnvelope<T extends DecodeResult>(result: T, envelope: DecodeEnvelop
   return result;
 }
 
-export type { Codec, DecodedItem, DecodeEnvelope, DecodeResult, EncodeInput } from './types.js';
-export { compileModel, validateItem } from './validate.js';
+export type { Codec, CommandMessage, DecodedItem, DecodeEnvelope, DecodeResult, EncodeInput } from './types.js';
+export { compileModel, validateItem, validateParams } from './validate.js';
 export { parseThingModel, TSL_TYPE_ALIASES, TSL_TYPES } from './tsl.js';
 export type {
   NumberSpecs,

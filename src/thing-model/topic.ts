@@ -4,6 +4,9 @@
 //   /sys/{productKey}/{deviceName}/thing/event/{eventId}/post
 //   /sys/{productKey}/{deviceName}/thing/model/up_raw
 //   /sys/{productKey}/{deviceName}/thing/event/property/pack/post   (and .../batch/post)
+// and the device's replies to commands (src/downlink), which share the uplink path:
+//   /sys/{productKey}/{deviceName}/thing/service/property/set_reply, .../thing/service/{serviceId}_reply,
+//   /sys/{productKey}/{deviceName}/thing/model/down_raw_reply
 // Replies go to the same topic + "_reply".
 
 import { WanwuError } from '../errors.js';
@@ -44,6 +47,12 @@ export function parseUplinkTopic(topic: string): ParsedTopic {
   else if (tail === 'thing/event/property/batch/post') route = { type: 'batch-post' };
   else if (rest.length === 4 && rest[0] === 'thing' && rest[1] === 'event' && rest[3] === 'post' && IDENT.test(rest[2]!)) {
     route = { type: 'event-post', eventId: rest[2]! };
+  }
+  else if (tail === 'thing/model/down_raw_reply') route = { type: 'command-reply', method: 'thing.model.down_raw' };
+  else if (tail === 'thing/service/property/set_reply') route = { type: 'command-reply', method: 'thing.service.property.set' };
+  else if (rest.length === 3 && rest[0] === 'thing' && rest[1] === 'service' && rest[2]!.endsWith('_reply')) {
+    const serviceId = rest[2]!.slice(0, -'_reply'.length);
+    if (IDENT.test(serviceId)) route = { type: 'command-reply', method: `thing.service.${serviceId}` };
   }
   if (!route) {
     throw new WanwuError('WANWU_ERR_TOPIC', `unsupported uplink topic ${JSON.stringify(truncate(topic))}`);

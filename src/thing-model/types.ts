@@ -47,4 +47,19 @@ export interface Codec {
    * Optional while codecs are being extended; every codec in CODECS implements it.
    */
   encode?(route: UplinkRoute, item: EncodeInput): Buffer;
+  /**
+   * A command (property set or service call, as the Alink message a device on Alink JSON would get)
+   * -> the bytes a device of this product understands, sent on /sys/{pk}/{dn}/thing/model/down_raw
+   * (Alibaba's protocolToRawData). Absent: the product's devices get Alink JSON on the service topic.
+   * Throws WanwuError (WANWU_ERR_COMMAND when the command cannot be expressed).
+   */
+  encodeCommand?(message: CommandMessage): Buffer;
+}
+
+/** An Alink downlink message: `{"id","version","method","params"}` (Alibaba's service call form). */
+export interface CommandMessage {
+  id: string;
+  version: '1.0';
+  method: string;
+  params: Record<string, unknown>;
 }

@@ -97,6 +97,53 @@ export function validateItem(model: ThingModel, productKey: string, item: Decode
   return out;
 }
 
+/**
+ * Validates the parameters of a service call (its inputData) or of a service reply (its outputData)
+ * and returns them normalized. `params` entries that are plain strings (Alibaba's built-in `get`
+ * service lists property identifiers) are checked as those properties. `what` names the service in
+ * messages (`setInterval.seconds: 0 below min 60`). With `requireAll`, parameters marked required
+ * must be present. Throws WANWU_ERR_UNKNOWN_IDENTIFIER or WANWU_ERR_INVALID.
+ */
+export function validateParams(
+  model: ThingModel,
+  what: string,
+  defs: ReadonlyArray<TslParam | string>,
+  data: Record<string, unknown>,
+  requireAll: boolean,
+): Record<string, unknown> {
+  let checks = paramChecks.get(defs);
+  if (!checks) {
+    const props = compileModel(model).properties;
+    checks = new Map();
+    for (const d of defs) {
+      if (typeof d === 'string') {
+        const check = props.get(d);
+        if (check) checks.set(d, { check, required: false });
+      } else {
+        checks.set(d.identifier, { check: compileCheck(`${what}.${d.identifier}`, '', d.dataType), required: d.required === true });
+      }
+    }
+    paramChecks.set(defs, checks);
+  }
+  const out: Record<string, unknown> = {};
+  for (const key in data) {
+    const c = checks.get(key);
+    if (!c) throw unknown(key, `${what}.${key}: not a parameter of ${what}`);
+    out[key] = c.check(data[key], -1);
+  }
+  if (requireAll) {
+    for (const [key, c] of checks) {
+      if (c.required && !Object.hasOwn(data, key)) {
+        throw new WanwuError('WANWU_ERR_INVALID', `${what}.${key}: required parameter missing`, { detail: { identifier: key, rule: 'required' } });
+      }
+    }
+  }
+  return out;
+}
+
+/** Compiled parameter lists, keyed by the model's own array (so a reloaded model compiles again). */
+const paramChecks = new WeakMap<ReadonlyArray<TslParam | string>, Map<string, { check: Check; required: boolean }>>();
+
 function unknown(identifier: string, message: string, extra: Record<string, unknown> = {}): WanwuError {
   return new WanwuError('WANWU_ERR_UNKNOWN_IDENTIFIER', message, { detail: { identifier, ...extra } });
 }
