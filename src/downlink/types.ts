@@ -99,3 +99,17 @@ export interface DownlinkPort {
   /** Registers a channel; returns a function that removes it. */
   attach(channel: DeliveryChannel): () => void;
 }
+
+/**
+ * An MQTT device session opening or closing (the MQTT listener reports these; liveness.ts turns
+ * them into online/offline). `at` is ms since the epoch. A session taken over by a new login of the
+ * same device reports no offline in between.
+ */
+export interface PresenceEvent {
+  productKey: string;
+  deviceName: string;
+  online: boolean;
+  at: number;
+  /** For offline: why the session ended (client disconnect, keepalive timeout, takeover ...), when known. */
+  reason?: string;
+}

@@ -1,8 +1,9 @@
-// Operator endpoints: GET /status (JSON), GET /metrics (Prometheus text, prom-client), GET /healthz.
+// Operator endpoints: GET /status (JSON), GET /metrics (Prometheus text, prom-client), GET /healthz,
+// and the HTTP API under /api/ (api.ts: handlers given by the gateway, e.g. commands and shadow).
 // Status only reads: every stage keeps its own plain counters and this module samples them on request,
 // so nothing here sits in the data path (ARCHITECTURE.md, pipeline step 5).
 
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import client from 'prom-client';
 import type { BufferStats } from '../buffer/index.js';
@@ -11,6 +12,8 @@ import type { PipelineStats } from '../pipeline.js';
 import type { CoapListenerStats } from '../transport/coap/index.js';
 import type { MqttListenerStats } from '../transport/mqtt/index.js';
 import type { Logger, Transport } from '../types.js';
+import { API_MAX_BODY_BYTES, errorResponse, type ApiHandler, type ApiRequest, type ApiResponse } from './api.js';
+import { asWanwuError, WanwuError } from '../errors.js';
 
 export interface StatusSources {
   version: string;
@@ -29,6 +32,8 @@ export interface StatusServerOptions {
   port: number;
   sources: StatusSources;
   logger: Logger;
+  /** Handlers of /api/... requests, asked in order; the first non-null answer wins. */
+  api?: readonly ApiHandler[];
 }
 
 export interface StatusServer {
@@ -189,8 +194,68 @@ export function createStatusServer(opts: StatusServerOptions): StatusServer {
           ? { status: 200, type: 'text/plain', body: 'ok\n' }
           : { status: 503, type: 'text/plain', body: 'starting\n' };
       default:
-        return { status: 404, type: 'text/plain', body: 'not found: try /status, /metrics or /healthz\n' };
+        return { status: 404, type: 'text/plain', body: 'not found: try /status, /metrics, /healthz or /api/\n' };
     }
+  };
+
+  const answer = (res: ServerResponse, r: ApiResponse, head: boolean) => {
+    const text = `${JSON.stringify(r.body, null, 2)}\n`;
+    res.writeHead(r.status, { 'content-type': 'application/json; charset=utf-8' });
+    res.end(head ? undefined : text);
+  };
+
+  /** /api/...: reads a JSON body (at most API_MAX_BODY_BYTES), asks each handler in turn. */
+  const serveApi = (req: IncomingMessage, res: ServerResponse) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const head = req.method === 'HEAD';
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooLarge = false;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > API_MAX_BODY_BYTES) tooLarge = true;
+      else chunks.push(chunk);
+    });
+    req.on('error', () => res.destroy());
+    req.on('end', () => {
+      void (async () => {
+        try {
+          if (tooLarge) throw new WanwuError('WANWU_ERR_TOO_LARGE', `request body over ${API_MAX_BODY_BYTES} bytes`);
+          let body: unknown;
+          if (size > 0) {
+            try {
+              body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+            } catch {
+              throw new WanwuError('WANWU_ERR_MALFORMED', 'the request body is not JSON');
+            }
+          }
+          let segments: string[];
+          try {
+            segments = url.pathname.slice('/api/'.length).split('/').filter((x) => x !== '').map(decodeURIComponent);
+          } catch {
+            throw new WanwuError('WANWU_ERR_MALFORMED', 'the path is not valid percent-encoding');
+          }
+          const request: ApiRequest = {
+            method: req.method ?? 'GET',
+            path: url.pathname,
+            segments,
+            query: url.searchParams,
+            headers: req.headers,
+            body,
+            remoteAddress: req.socket.remoteAddress ?? '',
+          };
+          for (const h of opts.api ?? []) {
+            const r = await h(request);
+            if (r) return answer(res, r, head);
+          }
+          answer(res, { status: 404, body: { code: 'WANWU_ERR_TOPIC', message: `no API resource ${req.method} ${url.pathname}` } }, head);
+        } catch (err) {
+          const e = asWanwuError(err);
+          if (e.fault === 'internal') opts.logger.error({ err: e.message, stack: (err as Error)?.stack }, 'API request failed');
+          answer(res, errorResponse(e), head);
+        }
+      })();
+    });
   };
 
   return {
@@ -198,6 +263,10 @@ export function createStatusServer(opts: StatusServerOptions): StatusServer {
       if (server) return;
       const s = createServer((req, res) => {
         const path = (req.url ?? '/').split('?')[0]!;
+        if (path.startsWith('/api/')) {
+          serveApi(req, res);
+          return;
+        }
         handle(req.method ?? 'GET', path).then(
           (r) => {
             res.writeHead(r.status, { 'content-type': r.type });
