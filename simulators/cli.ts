@@ -55,6 +55,7 @@ function fleetOptions(cmd: Command): Command {
     .option('--ack-timeout <duration>', 'CoAP ACK_TIMEOUT (RFC 7252 §4.8)', '2s')
     .option('--max-retransmit <n>', 'CoAP MAX_RETRANSMIT', '4')
     .option('--coap-sockets <n>', 'UDP source ports for CoAP (default: enough for the rate, at least 8)')
+    .option('--no-coap-auth', 'NB-IoT: plain uplinks without POST /auth, token and sequence number (for an endpoint that does not authenticate)')
     .addOption(new Option('--qos <n>', 'MQTT publish QoS').choices(['0', '1']).default('1'))
     .option('--keepalive <seconds>', 'MQTT keepalive', '60')
     .option('--local-addresses <n>', 'spread MQTT sessions over 127.0.0.2..127.0.0.(n+1) (loopback targets only)', '0')
@@ -109,6 +110,8 @@ function toFleetOptions(o: Opts): FleetOptions {
     ...(typeof o.ecl === 'string' ? { ecl: parseEcl(o.ecl) } : {}),
     coapTiming: { ackTimeoutMs: parseDuration(str('ackTimeout'), 'ack-timeout'), maxRetransmit: parseCount(str('maxRetransmit'), 'max-retransmit') },
     ...(typeof o.coapSockets === 'string' ? { coapSockets: Math.max(1, parseCount(o.coapSockets, 'coap-sockets')) } : {}),
+    // A profile's `"coapAuth": false` arrives as the string "false".
+    coapAuth: o.coapAuth !== false && o.coapAuth !== 'false',
     qos: Number(o.qos) as 0 | 1,
     keepaliveS: parseCount(str('keepalive'), 'keepalive'),
     faults: {

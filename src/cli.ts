@@ -10,7 +10,7 @@ import { devicesAdd, devicesAudit, devicesImport, devicesList, devicesRotateSecr
 import { modelsCheck } from './commands/models.js';
 import { createGateway } from './gateway.js';
 import { loadRegistry } from './registry/index.js';
-import { SIGN_METHODS, signMqttLogin, type SignMethod } from './registry/sign.js';
+import { SIGN_METHODS, signCoapAuth, signMqttLogin, type SignMethod } from './registry/sign.js';
 import { openDeviceStore, registryPaths } from './registry/store.js';
 import type { Logger } from './types.js';
 import { VERSION } from './util/version.js';
@@ -34,14 +34,15 @@ export async function main(argv: string[]): Promise<number> {
 
   program
     .command('sign')
-    .description("print an Alibaba-style signed MQTT login for a device in devices/, as mosquitto_pub/sub arguments")
+    .description("print an Alibaba-style signed MQTT login for a device in devices/, as mosquitto_pub/sub arguments (or with --coap the CoAP POST /auth body)")
     .requiredOption('--product <productKey>', 'product key')
     .requiredOption('--device <deviceName>', 'device name')
     .option('--devices <dir>', 'products folder', './devices')
     .option('--method <signmethod>', 'hmacsha256, hmacsha1 or hmacmd5', 'hmacsha256')
     .option('--json', 'print {clientId, username, password} as JSON instead')
+    .option('--coap', 'print the JSON body of a CoAP POST /auth instead (signed now: valid for coap.auth.timestampWindowS, once)')
     .option('-c, --config <file>', "take the device from this configuration's registry (devices added or secrets rotated with `wanwu devices`) instead of --devices")
-    .action((opts: { product: string; device: string; devices: string; method: string; json?: boolean; config?: string }) => {
+    .action((opts: { product: string; device: string; devices: string; method: string; json?: boolean; coap?: boolean; config?: string }) => {
       exitCode = sign(opts);
     });
 
@@ -228,13 +229,18 @@ async function start(configFile: string | undefined): Promise<number> {
   });
 }
 
-function sign(opts: { product: string; device: string; devices: string; method: string; json?: boolean; config?: string }): number {
+function sign(opts: { product: string; device: string; devices: string; method: string; json?: boolean; coap?: boolean; config?: string }): number {
   try {
     if (!(opts.method in SIGN_METHODS)) {
       throw new WanwuError('WANWU_ERR_CONFIG', `--method must be one of ${Object.keys(SIGN_METHODS).join(', ')}`);
     }
     const device = opts.config === undefined ? loadRegistry(opts.devices).device(opts.product, opts.device) : registryDevice(opts.config, opts.product, opts.device);
     if (!device) throw new WanwuError('WANWU_ERR_UNKNOWN_DEVICE', `no device ${opts.product}/${opts.device} in ${opts.config === undefined ? opts.devices : 'the registry'}`);
+    if (opts.coap) {
+      // The same sign over the same content, in the /auth form: `coap-client -f` or `-e` sends it as is.
+      process.stdout.write(`${JSON.stringify(signCoapAuth({ ...device, signMethod: opts.method as SignMethod }))}\n`);
+      return 0;
+    }
     const creds = signMqttLogin({ ...device, signMethod: opts.method as SignMethod });
     // Client ids, usernames and hex signs hold no spaces or glob characters, so $(wanwu sign ...) splits cleanly.
     process.stdout.write(opts.json ? `${JSON.stringify(creds)}\n` : `-i ${creds.clientId} -u ${creds.username} -P ${creds.password}\n`);

@@ -1,17 +1,21 @@
 // Composition root: builds every stage from the configuration and starts and stops them in order.
-//   start: registry -> buffer -> MQTT listener -> CoAP listener -> forwarders -> status
-//   stop:  listeners stop accepting -> in-flight commits finish -> registry (last seen) -> forwarders close -> buffer -> status
+//   start: registry -> buffer -> downlink -> liveness, shadow -> MQTT listener -> CoAP listener -> forwarders -> status
+//   stop:  listeners stop accepting -> in-flight commits finish -> shadow, liveness -> registry (last seen) -> forwarders close -> buffer -> status
 
 import { randomBytes } from 'node:crypto';
 import { createBuffer, type RecordBuffer } from './buffer/index.js';
 import { commandsPath, createDownlink, type Downlink } from './downlink/index.js';
+import { createCommandApi } from './downlink/api.js';
+import { createDevicesApi } from './downlink/devices-api.js';
+import { createLiveness, type Liveness } from './downlink/liveness.js';
+import { createShadow, type Shadow } from './downlink/shadow.js';
 import type { Config } from './config/index.js';
 import { createForwarder, type Forwarder } from './forward/index.js';
 import { createPipeline, type Pipeline } from './pipeline.js';
 import { createLiveRegistry, type LiveRegistry } from './registry/live.js';
 import { registryPaths } from './registry/store.js';
 import { buildStatus, createStatusServer, type StatusServer, type StatusSources } from './status/index.js';
-import { createCoapListener, type CoapListener } from './transport/coap/index.js';
+import { createCoapListener, type CoapDownlinkMode, type CoapListener } from './transport/coap/index.js';
 import { createMqttListener, type MqttAccount, type MqttListener } from './transport/mqtt/index.js';
 import type { Logger } from './types.js';
 import { VERSION } from './util/version.js';
@@ -29,12 +33,16 @@ export interface Gateway {
   stop(): Promise<void>;
   addresses(): Addresses;
   status(): ReturnType<typeof buildStatus>;
+  /** The command queue while running (tests and embedders submit commands through it). */
+  downlink(): Downlink | null;
 }
 
 export function createGateway(config: Readonly<Config>, logger: Logger): Gateway {
   let registry: LiveRegistry | null = null;
   let buffer: RecordBuffer | null = null;
   let downlink: Downlink | null = null;
+  let liveness: Liveness | null = null;
+  let shadow: Shadow | null = null;
   let pipeline: Pipeline | null = null;
   let mqtt: MqttListener | null = null;
   let coap: CoapListener | null = null;
@@ -57,6 +65,8 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     buffer: () => buffer!.stats(),
     upstreams: () => forwarders.map((f) => f.stats()),
     registry: () => ({ products: registry?.products.length ?? 0, devices: registry?.deviceCount ?? 0 }),
+    devices: () => liveness?.stats() ?? null,
+    commands: () => (downlink ? { byState: downlink.stats().byState } : null),
   };
 
   async function doStart(): Promise<void> {
@@ -106,11 +116,25 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       sweepMs: config.downlink.sweepMs,
     });
     await downlink.start();
+    const commands = downlink;
+    // The HTTP API (src/status/api.ts apiAccessRefusal): say at start who may send commands.
+    if (config.http.apiToken === null) {
+      logger.warn({ http: `${config.http.host}:${config.http.port}` }, 'http.apiToken is not set: /api/ reads are open to anyone who reaches the port and commands are taken from loopback only; set http.apiToken (or WANWU_HTTP_API_TOKEN) to use the API remotely');
+    }
+    // Liveness and shadow share the queue's file (tables of their own) and watch every accepted uplink.
+    const stateFile = commandsPath(config.downlink.path, config.storage.path);
+    liveness = createLiveness({ path: stateFile, registry, records: buffer, logger, defaults: config.downlink.liveness, sweepMs: config.downlink.liveness.sweepMs });
+    await liveness.start();
+    shadow = createShadow({ path: stateFile, downlink, logger, flushMs: config.downlink.shadow.flushMs, maxOpenCommands: config.downlink.maxPerDevice });
+    await shadow.start();
+    const live = liveness;
+    const shade = shadow;
     pipeline = createPipeline({
       downlink,
       registry,
       buffer,
       logger,
+      observers: [(raw) => live.observe(raw), (raw, records) => shade.observe(raw, records)],
       maxPayloadBytes: { coap: config.coap.maxPayloadBytes, mqtt: config.mqtt.maxPayloadBytes },
     });
 
@@ -128,6 +152,8 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       maxPayloadBytes: config.mqtt.maxPayloadBytes,
       limits: config.mqtt.limits,
       ...(config.mqtt.tls ? { tls: config.mqtt.tls } : {}),
+      downlink: commands,
+      presence: (e) => live.presence(e),
     });
     await mqtt.start();
     coap = createCoapListener({
@@ -139,6 +165,8 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
       ingest: pipeline.ingest,
       refuse: pipeline.refuse,
       logger,
+      downlink,
+      downlinkMode: coapDownlinkMode(registry),
     });
     await coap.start();
 
@@ -153,11 +181,15 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
         password: local ? localAccount.password : undefined,
         buffer: buffer!,
         logger,
+        // upstreams[].commands: what the cloud publishes on the command topic joins the queue.
+        submitCommand: (productKey, deviceName, payload, source) => commands.submitMessage(productKey, deviceName, payload, source),
       });
     });
     for (const f of forwarders) await f.start();
 
-    status = createStatusServer({ host: config.http.host, port: config.http.port, sources, logger });
+    // /api/ handlers, asked in order (src/status/api.ts).
+    const api = [createCommandApi(commands), createDevicesApi({ registry, liveness: live, shadow: shade })];
+    status = createStatusServer({ host: config.http.host, port: config.http.port, sources, logger, api, apiToken: config.http.apiToken });
     await status.start();
     ready = true;
     const a = addresses();
@@ -167,15 +199,29 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     );
   }
 
+  /** product.json "downlink" over config downlink.coap, per product (src/transport/coap/delivery.ts). */
+  function coapDownlinkMode(products: Pick<LiveRegistry, 'product'>): (productKey: string) => CoapDownlinkMode {
+    const fallback: CoapDownlinkMode = Object.freeze({ ...config.downlink.coap });
+    return (productKey) => {
+      const own = products.product(productKey)?.downlink;
+      if (own === undefined) return fallback;
+      return { delivery: own.coap ?? fallback.delivery, windowS: own.windowS ?? fallback.windowS };
+    };
+  }
+
   async function doStop(): Promise<void> {
     ready = false;
     // Stop intake first; commits already under way finish before the buffer closes.
     await coap?.stop();
     await mqtt?.stop();
     await pipeline?.drain();
+    // After the listeners (whose session ends are the last presence events), before the buffer.
+    await shadow?.stop();
+    await liveness?.stop();
     registry?.stop();
-    await downlink?.stop();
+    // Forwarders first: they queue commands from the upstreams' command topics until they close.
     for (const f of forwarders) await f.stop();
+    await downlink?.stop();
     await buffer?.stop();
     await status?.stop();
     logger.info({}, 'wanwu gateway stopped');
@@ -206,5 +252,6 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     },
     addresses,
     status: () => buildStatus(sources, status?.address() ?? { address: '', port: 0 }),
+    downlink: () => downlink,
   };
 }

@@ -14,14 +14,25 @@
 //     1  u16  soilMoisture     x 0.1 %
 //     3  u16  threshold        x 0.1 %
 //
-// encodeDownlink writes the same frames (the device's test tool sends them back to it), so
-// decodeUplink(encodeDownlink(x)) === x.
+// encodeDownlink encodes the commands the probe takes, and otherwise writes the same frames as it
+// sends (the device's test tool sends them back to it), so decodeUplink(encodeDownlink(x)) === x.
+//
+// Commands (down_raw), big endian:
+//
+//   0x81 set report interval, 5 bytes (service setReportInterval)
+//     1  u32  interval         seconds       (60..86400)
+//
+// Wanwu passes {data: params, variables, method, id}: `method` is the Alink method
+// ("thing.service.setReportInterval"). ChirpStack passes only {data, variables}; there a queued
+// {"interval": 600} is the same command.
 
 var REPORT = 0x01;
 var DRY_ALARM = 0x02;
 var REPORT_LENGTH = 12;
 var ALARM_LENGTH = 5;
 var REPORT_FIELDS = ['soilMoisture', 'soilTemperature', 'conductivity', 'batteryVoltage', 'rsrp', 'sensorStatus'];
+var SET_INTERVAL = 0x81;
+var SET_INTERVAL_METHOD = 'thing.service.setReportInterval';
 
 function u16(b, i) {
   return (b[i] << 8) | b[i + 1];
@@ -70,6 +81,22 @@ function put16(out, name, value, scale, min, max) {
 }
 
 function encodeDownlink(input) {
+  if (input.method !== undefined || (input.data && input.data.interval !== undefined)) return encodeCommand(input);
+  return encodeFrame(input);
+}
+
+function encodeCommand(input) {
+  var method = input.method === undefined ? SET_INTERVAL_METHOD : input.method;
+  if (method !== SET_INTERVAL_METHOD) return { errors: ['no downlink frame for ' + method] };
+  var s = input.data.interval;
+  if (typeof s !== 'number' || s !== Math.floor(s) || s < 60 || s > 86400) {
+    return { errors: ['interval ' + s + ' is not a whole number of seconds in 60..86400'] };
+  }
+  return { bytes: [SET_INTERVAL, (s >>> 24) & 0xff, (s >>> 16) & 0xff, (s >>> 8) & 0xff, s & 0xff] };
+}
+
+// The uplink frames, for the device's test tool (and the simulator).
+function encodeFrame(input) {
   var d = input.data;
   var out = [];
   var errors = [];

@@ -4,12 +4,14 @@
 //   2. Wanwu MQTT           login check, decode, validate, durable commit, then PUBACK
 //   3. mosquitto            when installed, QoS 1 ingest as a C reference
 //   4. bare node-coap       CON POST -> 2.04, nothing else             (servers/bare-coap.ts)
-//   5. Wanwu CoAP           decode, validate, durable commit, then 2.04
+//   5. Wanwu CoAP           token check, decode, validate, durable commit, then 2.04
 //
 // Each server is a child process of its own, so its peak RSS (VmHWM) is its own and it never shares
 // an event loop with the load generator (simulators/lib/load.ts), which runs in this process. The
 // MQTT rows get identical CONNECT and PUBLISH bytes (Wanwu's signed device logins and Alink JSON
-// property posts); the CoAP rows identical CON POSTs (WaterMeterNB binary frames on up_raw).
+// property posts); the CoAP rows the same CON POSTs (WaterMeterNB binary frames on up_raw), which
+// for Wanwu also carry each socket's token and sequence number (options 2088 and 2089, 31 bytes more),
+// as its default coap.auth.mode "required" asks; each socket does its POST /auth before the run.
 //
 //   node dist/simulators/bench/side-by-side.js --quick      (about 40 s; without --quick about 3 min)
 
@@ -270,7 +272,7 @@ export async function runSideBySide(opts: SideBySideOptions): Promise<SideBySide
   const coapShape = { sockets: COAP_SOCKETS, window: COAP_WINDOW };
   const runMqtt = (port: number) =>
     mqttLoad({ host: '127.0.0.1', port, ...mqttShape, warmupMs, durationMs, login: (i) => logins[i]!, payload: (i) => payloads[i]! });
-  const runCoap = (port: number) =>
+  const runCoap = (port: number, authenticate: boolean) =>
     coapLoad({
       host: '127.0.0.1',
       port,
@@ -282,6 +284,8 @@ export async function runSideBySide(opts: SideBySideOptions): Promise<SideBySide
         return `/topic/sys/${d.productKey}/${d.deviceName}/thing/model/up_raw`;
       },
       payload: () => COAP_FRAME,
+      // Sockets share the meters, so each needs a client id of its own for its token.
+      ...(authenticate ? { auth: (i: number) => ({ ...coapDevices[i % coapDevices.length]!, clientId: `${coapDevices[i % coapDevices.length]!.deviceName}.s${i}` }) } : {}),
     });
 
   const work = mkdtempSync(join(opts.workDir, 'wanwu-side-by-side-'));
@@ -324,10 +328,10 @@ export async function runSideBySide(opts: SideBySideOptions): Promise<SideBySide
       rows.push(skippedRow('mosquitto', 'mqtt', 'mosquitto is not installed (apt-get install -y mosquitto)'));
       log('mosquitto: skipped (not installed)');
     }
-    await measure('bare node-coap', 'coap', () => startBareServer('bare-coap'), async (s) => row('bare node-coap', 'coap', await runCoap(s.port), peakRssMiB(s.pid)));
+    await measure('bare node-coap', 'coap', () => startBareServer('bare-coap'), async (s) => row('bare node-coap', 'coap', await runCoap(s.port, false), peakRssMiB(s.pid)));
     await measure('Wanwu CoAP', 'coap', () => startWanwu(join(work, 'coap'), opts.devicesDir), async (s) => {
       const w = s as ServerUnderTest & { ports: { coap: number; http: number } };
-      return wanwuRow('Wanwu CoAP', 'coap', await runCoap(w.ports.coap), w);
+      return wanwuRow('Wanwu CoAP', 'coap', await runCoap(w.ports.coap, true), w);
     });
   } finally {
     rmSync(work, { recursive: true, force: true });
@@ -377,7 +381,7 @@ export function formatSideBySide(s: SideBySide): string {
   const { mqtt, coap } = s.load;
   const settings =
     `Load: MQTT ${mqtt.connections} connections x ${mqtt.window} QoS 1 publishes in flight (${mqtt.payloadBytes.join('/')}-byte Alink JSON); ` +
-    `CoAP ${coap.sockets} sockets x ${coap.window} CON POSTs in flight (${coap.payloadBytes}-byte frame); ` +
+    `CoAP ${coap.sockets} sockets x ${coap.window} CON POSTs in flight (${coap.payloadBytes}-byte frame; to Wanwu with token and sequence number); ` +
     `${s.load.warmupMs / 1000} s warm-up + ${s.load.durationMs / 1000} s measured per server; run took ${s.durationS.toFixed(0)} s.`;
   return `${table(servers)}\n\n${table(ratios)}\n\n${settings}\n`;
 }

@@ -55,8 +55,8 @@ export interface CoapRequest {
   path: string;
   payload: Buffer;
   confirmable: boolean;
-  /** Extra options (Content-Format, ...); coap-packet orders them by number. */
-  options?: Array<{ name: string; value: Buffer }>;
+  /** Extra options (Content-Format, the auth options 2088 and 2089 by number, ...); coap-packet orders them by number. */
+  options?: Array<{ name: string | number; value: Buffer }>;
   /**
    * Pins the request to a socket index (taken modulo the pool size) so a device keeps its source
    * port between requests. A pinned socket whose message ids are exhausted gives 'mid-exhausted'
@@ -104,7 +104,18 @@ export interface CoapTransportOptions {
   /** Message ids a socket may use per EXCHANGE_LIFETIME (default 65,536, RFC 7252 §4.4). */
   midsPerLifetime?: number;
   socketFactory?: SocketFactory;
+  /**
+   * A request from the server (a command the gateway pushes, src/transport/coap/delivery.ts): return
+   * true to take it, and a CON one is acknowledged with an empty ACK (RFC 7252 §4.2; the module's
+   * answer, a reply, goes as a new request of its own). Without it, or on false, a CON request gets
+   * RST as before. `socket` is the index of the socket it arrived on. A retransmission of one already
+   * taken is acknowledged again, not handed over twice (§4.5).
+   */
+  onRequest?: (socket: number, packet: ParsedPacket) => boolean;
 }
+
+/** Message ids of server requests remembered per socket for de-duplication (RFC 7252 §4.5). */
+const SERVER_REQUESTS_REMEMBERED = 64;
 
 const EMPTY = Buffer.alloc(0);
 const NO_TOKEN = -1;
@@ -132,6 +143,8 @@ interface Slot {
   byToken: Map<number, Exchange>;
   /** Exchanges still expecting an ACK or RST (RFC 7252 §4.2/§4.3: those echo the message id). */
   byMid: Map<number, Exchange>;
+  /** Message ids of server requests taken lately (onRequest), oldest first; created on the first. */
+  taken?: Set<number>;
 }
 
 /**
@@ -303,7 +316,7 @@ export class CoapTransport {
     // RFC 7252 §5.3.1: a random token, unique among this endpoint's open exchanges.
     let token = randomToken();
     while (slot.byToken.has(token.readUInt32BE(0))) token = randomToken();
-    const options: Array<{ name: string; value: Buffer }> = [];
+    const options: Array<{ name: string | number; value: Buffer }> = [];
     for (const seg of req.path.split('/')) if (seg !== '') options.push({ name: 'Uri-Path', value: Buffer.from(seg) });
     if (req.options) options.push(...req.options);
     let datagram: Buffer;
@@ -429,7 +442,8 @@ export class CoapTransport {
       return;
     }
     if (p.code.startsWith('0.')) {
-      // Empty CON (CoAP ping, §4.3) or a request: this client serves nothing, so reject CON with RST.
+      if (p.code !== '0.00' && this.opts.onRequest && this.takeRequest(slot, p)) return;
+      // Empty CON (CoAP ping, §4.3) or a request nobody takes: reject CON with RST.
       if (p.confirmable) this.transmit(slot, generate({ code: '0.00', reset: true, messageId: p.messageId, token: EMPTY }));
       return;
     }
@@ -438,6 +452,18 @@ export class CoapTransport {
     if (p.confirmable) this.transmit(slot, generate({ code: '0.00', ack: true, messageId: p.messageId, token: EMPTY }));
     const ex = slot.byToken.get(tokenKey(p.token));
     if (ex) this.finish(ex, p.code, p);
+  }
+
+  /** A request from the server (onRequest): true when taken (a CON one is then ACKed). */
+  private takeRequest(slot: Slot, p: ParsedPacket): boolean {
+    const taken = (slot.taken ??= new Set());
+    if (!taken.has(p.messageId)) {
+      if (!this.opts.onRequest!(this.slots.indexOf(slot), p)) return false;
+      taken.add(p.messageId);
+      if (taken.size > SERVER_REQUESTS_REMEMBERED) taken.delete(taken.values().next().value!);
+    }
+    if (p.confirmable) this.transmit(slot, generate({ code: '0.00', ack: true, messageId: p.messageId, token: EMPTY }));
+    return true;
   }
 
   private finish(ex: Exchange, code: string, p?: ParsedPacket): void {

@@ -4,6 +4,12 @@
 // valid unless a fault rate says otherwise. Counts and latencies go to a RunStats; an UpstreamWatch
 // (when an upstream is given) measures end-to-end latency and loss.
 //
+// NB-IoT devices authenticate as Wanwu requires by default (coap-auth.ts): each signs a POST /auth
+// with its device secret while the fleet is set up, as a module that has been reporting for a while
+// holds a token already (one lasts 48 h), then keeps token and sequence number across its wake-ups
+// and authenticates again when the token expires or an uplink gets 4.01. /auth exchanges are counted
+// apart from uplinks (RunStats.coapAuth), so throughput and latency stay those of the uplinks.
+//
 // Two ways to pace a fleet:
 //   - schedules (default): every device reports on its own interval with jitter (PSM for NB-IoT);
 //   - a fixed total rate (`rate`): sends are spread evenly over the fleet, round robin.
@@ -11,12 +17,15 @@
 import type { Product, Registry } from '../../src/registry/index.js';
 import { loadRegistry } from '../../src/registry/index.js';
 import type { Rat } from '../../src/types.js';
-import { CoapTransport, socketsNeeded, type CoapTiming } from './coap-transport.js';
+import { AUTH_CONTENT_FORMAT, AUTH_PATH, CoapAuthSession, type AuthExchange, type UplinkCredentials } from './coap-auth.js';
+import { keyFromAuthAnswer, openAnswer, sealUplink } from './coap-crypto.js';
+import { commandInAnswer, commandInRequest, commandOwner, replyTo, type ReceivedCommand } from './coap-commands.js';
+import { CoapTransport, socketsNeeded, type CoapExchange, type CoapTiming } from './coap-transport.js';
 import { ECL_LINKS, type Ecl } from './link-model.js';
 import { MqttDevice, type AlinkReply } from './mqtt-device.js';
 import { createMessageFactory, type MessageFactory, type SimMessage } from './payload.js';
 import { PsmDevice, PsmSchedule, RatePacer } from './schedule.js';
-import { lossRatio, RunStats, type LatencySummary } from './stats.js';
+import { lossRatio, RunStats, type AuthSummary, type LatencySummary } from './stats.js';
 import { UpstreamWatch } from './upstream-watch.js';
 
 export interface FleetSize {
@@ -64,6 +73,11 @@ export interface FleetOptions {
   coapTiming?: Partial<CoapTiming>;
   /** UDP source ports for CoAP (default: enough for the rate, see socketsNeeded, at least 8). */
   coapSockets?: number;
+  /**
+   * NB-IoT devices authenticate with POST /auth and send token and sequence number (default true).
+   * false: plain uplinks, for an endpoint that does not authenticate (or Wanwu with coap.auth.mode "optional").
+   */
+  coapAuth?: boolean;
   qos: 0 | 1;
   keepaliveS: number;
   faults: FaultRates;
@@ -106,6 +120,10 @@ export interface RunResult {
   unanswered: number;
   throughput: { meanPerS: number; peakPerS: number; perSecond: number[] };
   ackLatencyMs: LatencySummary;
+  /** CoAP POST /auth exchanges, not part of the counts above; null without NB-IoT devices or with coapAuth off. */
+  coapAuth: AuthSummary | null;
+  /** Commands the NB-IoT devices got over CoAP (coap-commands.ts); absent without NB-IoT devices. */
+  commands?: { piggybacked: number; pushed: number; replied: number; replyErrors: number };
   endToEnd: null | {
     expected: number;
     received: number;
@@ -126,6 +144,12 @@ interface SimDevice {
   factory: MessageFactory;
   /** CoAP source socket (NB-IoT). */
   socket: number;
+  /** NB-IoT: token and sequence number, kept across wake-ups (null with coapAuth off). */
+  auth: CoapAuthSession | null;
+  /** NB-IoT: sends this device's /auth requests (made once, with the session). */
+  authExchange: AuthExchange | null;
+  /** NB-IoT, product with coapEncryption: the payload key of the current token (coap-crypto.ts); else null. */
+  coapKey?: Buffer | null;
   mqtt: MqttDevice | null;
   /** Messages awaiting an Alink reply: by id, or in order when the payload has no id. */
   awaitingReply: Map<string, AwaitedReply>;
@@ -138,8 +162,14 @@ interface AwaitedReply {
 }
 
 const RAT_OF: Record<keyof FleetSize, Rat> = { nbiot: 'nb-iot', cat1: 'cat1', redcap: 'redcap' };
-/** MQTT sessions opened at once while the fleet starts (a connect storm is not what `run` measures). */
+/** MQTT sessions opened, or CoAP /auth exchanges made, at once while the fleet starts (a connect storm is not what `run` measures). */
 const CONNECT_CONCURRENCY = 100;
+/**
+ * Times one uplink is sent again after 4.01 with a new token. More than once: a gateway whose token
+ * table is full may drop the new token before the resend arrives. A device refused every time has
+ * a real problem (a wrong secret gets no token at all), so the uplink then counts as refused.
+ */
+const RESENDS_AFTER_401 = 3;
 /** Alink replies remembered per device; beyond it (an endpoint that never replies) the oldest go. */
 const REPLY_MEMORY = 256;
 
@@ -169,6 +199,8 @@ export class Fleet {
   private transport: CoapTransport | null = null;
   private watch: UpstreamWatch | null = null;
   private readonly psm: PsmDevice[] = [];
+  /** NB-IoT devices by '{pk}/{dn}': whom a pushed command is for. */
+  private readonly coapByKey = new Map<string, SimDevice>();
   private readonly timers = new Set<NodeJS.Timeout>();
   private inFlight = 0;
   private running = false;
@@ -195,7 +227,7 @@ export class Fleet {
     };
     for (const key of ['nbiot', 'cat1', 'redcap'] as const) {
       for (const d of pickDevices(registry, RAT_OF[key], o.fleet[key])) {
-        this.devices.push({ ...d, rat: RAT_OF[key], factory: factoryOf(d.product), socket: 0, mqtt: null, awaitingReply: new Map(), awaitingRawReplies: [] });
+        this.devices.push({ ...d, rat: RAT_OF[key], factory: factoryOf(d.product), socket: 0, auth: null, authExchange: null, mqtt: null, awaitingReply: new Map(), awaitingRawReplies: [] });
       }
     }
     if (o.upstream) {
@@ -214,15 +246,50 @@ export class Fleet {
         sockets,
         ...(o.ecl !== undefined ? { link: ECL_LINKS[o.ecl] } : {}),
         ...(o.coapTiming ? { timing: o.coapTiming } : {}),
+        // Commands the gateway pushes (src/transport/coap/delivery.ts "push"): ACKed, counted, replied to.
+        onRequest: (_socket, packet) => this.onPushedCommand(packet),
       });
+      for (const d of coapDevices) this.coapByKey.set(`${d.product.productKey}/${d.deviceName}`, d);
       await this.transport.start();
       // A device keeps its source port between wake-ups, as a module behind the same NAT binding would.
       coapDevices.forEach((d, i) => (d.socket = i % sockets));
+      if (o.coapAuth !== false) {
+        for (const d of coapDevices) {
+          d.auth = new CoapAuthSession({ productKey: d.product.productKey, deviceName: d.deviceName, deviceSecret: d.deviceSecret });
+          d.authExchange = this.authExchange(d);
+        }
+        for (let i = 0; i < coapDevices.length; i += CONNECT_CONCURRENCY) {
+          await Promise.all(coapDevices.slice(i, i + CONNECT_CONCURRENCY).map((d) => this.authenticate(d)));
+        }
+      }
     }
     const mqttDevices = this.devices.filter((d) => d.rat !== 'nb-iot');
     for (let i = 0; i < mqttDevices.length; i += CONNECT_CONCURRENCY) {
       await Promise.all(mqttDevices.slice(i, i + CONNECT_CONCURRENCY).map((d, k) => this.connect(d, i + k)));
     }
+  }
+
+  /**
+   * The first /auth of a device, at set-up. A refusal is a set-up problem (wrong secrets, or an
+   * endpoint without /auth); a timeout on a lossy link is not: the device tries again when it wakes.
+   */
+  private async authenticate(d: SimDevice): Promise<void> {
+    const answer = await d.auth!.ensure(d.authExchange!);
+    if (d.auth!.authenticated || answer === null || !/^\d\.\d\d$/.test(answer.code)) return;
+    const hint = answer.code === '4.04' ? ' (does the endpoint authenticate CoAP devices? --no-coap-auth sends plain uplinks)' : '';
+    throw new Error(`CoAP POST /auth of ${d.product.productKey}/${d.deviceName} answered ${answer.code} ${answer.payload.toString('utf8').slice(0, 120)}${hint}`);
+  }
+
+  /** Sends one /auth request of a device over the fleet's transport (CON, from the device's port), counted in stats.coapAuth. */
+  private authExchange(d: SimDevice): AuthExchange {
+    return async (body) => {
+      const a = this.stats.coapAuth;
+      a.sent++;
+      const ex = await this.transport!.send({ path: AUTH_PATH, payload: body, confirmable: true, socket: d.socket, options: [AUTH_CONTENT_FORMAT] });
+      a.answered(ex.code, ex.latencyMs, ex.retransmissions);
+      if (ex.code === '2.05') d.coapKey = keyFromAuthAnswer(d.product, d.deviceSecret, ex);
+      return { code: ex.code, payload: ex.payload };
+    };
   }
 
   private async connect(d: SimDevice, index: number): Promise<void> {
@@ -334,16 +401,80 @@ export class Fleet {
   }
 
   private async sendCoap(d: SimDevice, msg: SimMessage): Promise<void> {
-    const ex = await this.transport!.send({ path: `/topic${msg.topic}`, payload: msg.payload, confirmable: this.opts.confirmable, socket: d.socket });
-    this.stats.retransmissions += ex.retransmissions;
+    let ex: CoapExchange | undefined;
+    for (let attempt = 0; ex === undefined; attempt++) {
+      let creds: UplinkCredentials | undefined;
+      if (d.auth) {
+        await d.auth.ensure(d.authExchange!);
+        if (!d.auth.authenticated) {
+          // Never sent: the module could not get a token. An error of the uplink, under the /auth answer.
+          this.stats.error(`auth:${d.auth.lastFailure?.code ?? 'failed'}`);
+          if (msg.records > 0) this.watch?.unexpect(d.product.productKey, d.deviceName, msg.records);
+          return;
+        }
+        creds = d.auth.next();
+      }
+      // A product with coapEncryption: payload and sequence number encrypted with the token's key.
+      const out = creds && d.coapKey ? sealUplink(d.coapKey, creds.options, msg.payload) : { payload: msg.payload, options: creds?.options };
+      const sent = await this.transport!.send({ path: `/topic${msg.topic}`, payload: out.payload, confirmable: this.opts.confirmable, socket: d.socket, ...(out.options ? { options: out.options } : {}) });
+      this.stats.retransmissions += sent.retransmissions;
+      // 4.01: the gateway lost the token (restart, expiry, eviction) or another uplink of this device
+      // overtook this one's sequence number. Nothing was stored, so authenticate again and send it again.
+      if (sent.code === '4.01' && creds && attempt < RESENDS_AFTER_401) {
+        d.auth!.refused(creds.token);
+        this.stats.coapAuth.renewedAfter401++;
+        continue;
+      }
+      ex = sent;
+    }
     if (ex.ok) {
       this.stats.acknowledged(performance.now(), ex.latencyMs);
       this.stats.expectedRecords += msg.records;
+      this.takeCommand(d, commandInAnswer(ex.options, ex.payload, d.coapKey ?? null), 'piggybacked');
     } else {
       this.stats.error(ex.code);
       if (msg.records > 0) this.watch?.unexpect(d.product.productKey, d.deviceName, msg.records);
-      if (msg.fault === 'none' && ex.code.startsWith('4.')) this.refusedValid(d, ex.code, ex.payload.toString(), msg.payload);
+      if (msg.fault === 'none' && ex.code.startsWith('4.')) this.refusedValid(d, ex.code, openAnswer(d.coapKey ?? null, ex.payload).toString(), msg.payload);
     }
+  }
+
+  /** A CON POST the gateway pushed: true (ACK it) when it is a command for one of our modules. */
+  private onPushedCommand(packet: Parameters<typeof commandInRequest>[0]): boolean {
+    const topic = commandInRequest(packet, null)?.topic;
+    const d = topic === undefined ? undefined : this.coapByKey.get(commandOwner(topic) ?? '');
+    if (d === undefined) return false;
+    this.takeCommand(d, commandInRequest(packet, d.coapKey ?? null), 'pushed');
+    return true;
+  }
+
+  /** Counts a command a module got and, for an Alink JSON one, posts its reply (whose answer may carry the next). */
+  private takeCommand(d: SimDevice, command: ReceivedCommand | null, via: 'piggybacked' | 'pushed'): void {
+    if (command === null) return;
+    this.stats.commands[via]++;
+    const reply = replyTo(command);
+    if (reply === null || !this.running) return;
+    this.inFlight++;
+    void this.sendReply(d, reply).finally(() => this.inFlight--);
+  }
+
+  private async sendReply(d: SimDevice, reply: { topic: string; payload: Buffer }): Promise<void> {
+    let creds: UplinkCredentials | undefined;
+    if (d.auth) {
+      await d.auth.ensure(d.authExchange!);
+      if (!d.auth.authenticated) {
+        this.stats.commands.replyErrors++;
+        return;
+      }
+      creds = d.auth.next();
+    }
+    const out = creds && d.coapKey ? sealUplink(d.coapKey, creds.options, reply.payload) : { payload: reply.payload, options: creds?.options };
+    const ex = await this.transport!.send({ path: `/topic${reply.topic}`, payload: out.payload, confirmable: true, socket: d.socket, ...(out.options ? { options: out.options } : {}) });
+    if (!ex.ok) {
+      this.stats.commands.replyErrors++;
+      return;
+    }
+    this.stats.commands.replied++;
+    this.takeCommand(d, commandInAnswer(ex.options, ex.payload, d.coapKey ?? null), 'piggybacked');
   }
 
   private refusedValid(d: SimDevice, code: string, message: string | undefined, payload: Buffer | undefined): void {
@@ -436,6 +567,8 @@ export class Fleet {
         perSecond,
       },
       ackLatencyMs: s.ack.summary(),
+      coapAuth: this.devices.some((d) => d.auth !== null) ? s.coapAuth.summary() : null,
+      ...(this.coapByKey.size > 0 ? { commands: { ...s.commands } } : {}),
       endToEnd: watch
         ? {
             expected: s.expectedRecords,

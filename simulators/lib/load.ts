@@ -19,6 +19,8 @@ import { createConnection, isIPv6, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import mqttPacket from 'mqtt-packet';
 import { generate as generateCoap } from 'coap-packet';
+import { AUTH_CONTENT_FORMAT, AUTH_PATH, CoapAuthSession, OPT_AUTH_TOKEN, seqOption4, type CoapDeviceIdentity, type CoapOption } from './coap-auth.js';
+import { CoapClient } from './coap-client.js';
 import { Latency, type LatencySummary } from './stats.js';
 
 export interface LoadResult {
@@ -85,6 +87,14 @@ export interface CoapLoadOptions extends CommonOptions {
    * Lower only to exercise the rotation in tests.
    */
   idsPerSocket?: number;
+  /**
+   * The device socket i speaks as. Each socket authenticates with POST /auth before the load starts
+   * (not part of the run or its counts) and then carries its token and an increasing sequence number
+   * in every request (options 2088, 2089), as Wanwu requires by default. A token per socket: sockets
+   * racing on one token would overtake each other's sequence numbers. Sockets of the same device need
+   * distinct client ids (the gateway takes each /auth sign once). Without it: plain requests (a bare server).
+   */
+  auth?: (i: number) => CoapDeviceIdentity;
 }
 
 /** Stop flag, phase timers, counters and the latency histogram of one run. */
@@ -442,6 +452,34 @@ export async function mqttLoad(opts: MqttLoadOptions): Promise<LoadResult> {
 
 // --- CoAP --------------------------------------------------------------------------------------
 
+/** Placeholder of the sequence number in a template, found again to check its offset. */
+const SEQ_MARK = 0xa5a5a5a5;
+
+/** POST /auth for each socket's device, one after another; the tokens by socket. Throws on a refusal. */
+async function authenticateSockets(host: string, port: number, sockets: number, identity: (i: number) => CoapDeviceIdentity): Promise<Buffer[]> {
+  const client = new CoapClient(host, port);
+  try {
+    const tokens: Buffer[] = [];
+    for (let i = 0; i < sockets; i++) {
+      const device = identity(i);
+      const session = new CoapAuthSession(device);
+      const answer = await session.ensure(async (body) => {
+        try {
+          return await client.post(AUTH_PATH, body, { options: [AUTH_CONTENT_FORMAT], anonymous: true });
+        } catch (err) {
+          return { code: 'timeout', payload: Buffer.from((err as Error).message) };
+        }
+      });
+      const token = session.currentToken;
+      if (token === null) throw new Error(`coapLoad: POST /auth of ${device.productKey}/${device.deviceName} answered ${answer?.code} ${answer?.payload.toString('utf8')}`);
+      tokens.push(token);
+    }
+    return tokens;
+  } finally {
+    client.close();
+  }
+}
+
 /** RFC 7252 §3 message types (NON = 1 needs no handling of its own). */
 const CON = 0;
 const ACK = 2;
@@ -484,6 +522,10 @@ interface Endpoint {
 interface Lane {
   index: number;
   template: Buffer;
+  /** Offset of the 4-byte sequence number (option 2089) in the template, or -1 without authentication. */
+  seqOffset: number;
+  /** The lane's last sequence number. */
+  seq: number;
   current: Endpoint | null;
   /** The endpoint that takes over when `current` runs out of ids (opened ahead of time). */
   spare: Promise<Endpoint> | null;
@@ -621,6 +663,7 @@ export async function coapLoad(opts: CoapLoadOptions): Promise<LoadResult> {
       lane.template.copy(out);
       out[2] = out[4] = id >> 8;
       out[3] = out[5] = id & 0xff;
+      if (lane.seqOffset >= 0) out.writeUInt32BE(++lane.seq, lane.seqOffset);
       ep.state[id] = WAITING;
       ep.sentAt[id] = now;
       ep.outstanding++;
@@ -686,18 +729,25 @@ export async function coapLoad(opts: CoapLoadOptions): Promise<LoadResult> {
     }
   }
 
+  const tokens = opts.auth === undefined ? null : await authenticateSockets(opts.host, opts.port, opts.sockets, opts.auth);
   const templates = Array.from({ length: opts.sockets }, (_, i) => {
-    const options = opts
+    const options: CoapOption[] = opts
       .path(i)
       .split('/')
       .filter((p) => p !== '')
-      .map((p) => ({ name: 'Uri-Path' as const, value: Buffer.from(p) }));
-    // Message id and token are placeholders patched at every send (bytes 2-3 and 4-5).
-    return generateCoap({ code: 'POST', confirmable: true, messageId: 0, token: Buffer.alloc(2), options, payload: opts.payload(i) });
+      .map((p) => ({ name: 'Uri-Path', value: Buffer.from(p) }));
+    const payload = opts.payload(i);
+    if (tokens !== null) options.push({ name: OPT_AUTH_TOKEN, value: tokens[i]! }, seqOption4(SEQ_MARK));
+    // Message id and token are placeholders patched at every send (bytes 2-3 and 4-5), and so is the
+    // sequence number: option 2089 has the highest number, so its 4 bytes end just before the payload marker.
+    const template = generateCoap({ code: 'POST', confirmable: true, messageId: 0, token: Buffer.alloc(2), options, payload });
+    const seqOffset = tokens === null ? -1 : template.length - (payload.length > 0 ? payload.length + 1 : 0) - 4;
+    if (seqOffset >= 0 && template.readUInt32BE(seqOffset) !== SEQ_MARK) throw new Error('coapLoad: the sequence number is not where the template should have it');
+    return { template, seqOffset };
   });
   try {
     for (let i = 0; i < opts.sockets; i++) {
-      const lane: Lane = { index: i, template: templates[i]!, current: null, spare: null, spareReady: null, owed: 0, outstanding: 0 };
+      const lane: Lane = { index: i, ...templates[i]!, seq: 0, current: null, spare: null, spareReady: null, owed: 0, outstanding: 0 };
       lanes.push(lane);
       lane.current = await openEndpoint(lane);
     }

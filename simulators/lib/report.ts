@@ -83,6 +83,17 @@ export function formatRun(result: RunResult, v: Verdict): string {
     ['throughput mean (ack/s)', String(result.throughput.meanPerS)],
     ['throughput peak (ack/s)', String(result.throughput.peakPerS)],
   ];
+  if (result.coapAuth) {
+    // Not uplinks: kept out of sent, acknowledged and throughput above.
+    const a = result.coapAuth;
+    counts.push(
+      ['CoAP /auth exchanges (not uplinks)', String(a.sent)],
+      ['  answered 2.05', String(a.ok)],
+      ...Object.entries(a.errors).map(([code, n]) => [`  ${code}`, String(n)]),
+      ['  retransmissions', String(a.retransmissions)],
+      ['uplinks sent again after 4.01', String(a.renewedAfter401)],
+    );
+  }
   if (result.endToEnd) {
     const e = result.endToEnd;
     counts.push(['records expected upstream', String(e.expected)], ['records received upstream', String(e.received)], ['records lost', `${e.lost} (${pct(e.lossRatio)})`], ['duplicate records upstream', String(e.duplicates)]);
@@ -90,6 +101,7 @@ export function formatRun(result: RunResult, v: Verdict): string {
   out.push(table(['measure', 'value'], counts));
   out.push('');
   const lat = [latencyRow('acknowledgement', result.ackLatencyMs)];
+  if (result.coapAuth && result.coapAuth.ok > 0) lat.push(latencyRow('CoAP /auth', result.coapAuth.latencyMs));
   if (result.endToEnd) lat.push(latencyRow('device -> upstream', result.endToEnd.latencyMs));
   out.push(table(['latency (ms)', 'count', 'p50', 'p90', 'p99', 'p99.9', 'max'], lat));
   out.push('');

@@ -82,6 +82,54 @@ export class RateSeries {
   }
 }
 
+/** CoAP POST /auth exchanges of a run (see AuthStats). */
+export interface AuthSummary {
+  /** /auth requests sent (each exchange once, however often it was retransmitted). */
+  sent: number;
+  /** Answered 2.05. */
+  ok: number;
+  /** The others, by code: a CoAP response code, or the transport's `timeout`, `reset`... */
+  errors: Record<string, number>;
+  retransmissions: number;
+  /** Uplinks that got 4.01 and were sent again after a new /auth (token gone or sequence overtaken). */
+  renewedAfter401: number;
+  /** Request -> 2.05, in ms. */
+  latencyMs: LatencySummary;
+}
+
+/**
+ * The CoAP authentication exchanges of a run. Counted apart from the uplinks, so `sent`, `acked`,
+ * throughput and acknowledgement latency measure uplinks only and stay comparable with runs against
+ * an endpoint that does not authenticate.
+ */
+export class AuthStats {
+  sent = 0;
+  ok = 0;
+  readonly errors = new Map<string, number>();
+  retransmissions = 0;
+  renewedAfter401 = 0;
+  readonly latency = new Latency();
+
+  answered(code: string, latencyMs: number, retransmissions: number): void {
+    this.retransmissions += retransmissions;
+    if (code === '2.05') {
+      this.ok++;
+      this.latency.recordMs(latencyMs);
+    } else this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
+  }
+
+  summary(): AuthSummary {
+    return {
+      sent: this.sent,
+      ok: this.ok,
+      errors: Object.fromEntries([...this.errors].sort()),
+      retransmissions: this.retransmissions,
+      renewedAfter401: this.renewedAfter401,
+      latencyMs: this.latency.summary(),
+    };
+  }
+}
+
 /** The counters of one run, shared by every simulated device and the upstream watcher. */
 export class RunStats {
   sent = 0;
@@ -104,6 +152,10 @@ export class RunStats {
   ackedPerSecond: RateSeries;
   /** Acknowledgement latency of the current second, for the progress bar's p99. */
   readonly window = new Latency();
+  /** CoAP POST /auth exchanges: not uplinks, so none of the counters above include them. */
+  readonly coapAuth = new AuthStats();
+  /** Commands NB-IoT devices got over CoAP (in answers, or pushed), and their replies: not uplinks either. */
+  readonly commands = { piggybacked: 0, pushed: 0, replied: 0, replyErrors: 0 };
 
   constructor(public startMs: number) {
     this.ackedPerSecond = new RateSeries(startMs);

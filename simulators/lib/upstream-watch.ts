@@ -106,10 +106,12 @@ export class UpstreamWatch {
     // json (one record) or json-batch (an array of records).
     const records = Array.isArray(parsed) ? parsed : [parsed];
     const now = performance.now();
-    for (const r of records) this.onRecord(r as { id?: unknown; productKey?: unknown; deviceName?: unknown }, now);
+    for (const r of records) this.onRecord(r as { id?: unknown; productKey?: unknown; deviceName?: unknown; kind?: unknown }, now);
   }
 
-  private onRecord(r: { id?: unknown; productKey?: unknown; deviceName?: unknown }, now: number): void {
+  private onRecord(r: { id?: unknown; productKey?: unknown; deviceName?: unknown; kind?: unknown }, now: number): void {
+    // The gateway's own records (device liveness, command states) answer no device message.
+    if (r.kind === 'state' || r.kind === 'command') return;
     if (typeof r.id !== 'string' || typeof r.productKey !== 'string' || typeof r.deviceName !== 'string') {
       this.unreadable++;
       return;

@@ -268,6 +268,8 @@ async function probeGateway(
     const coap = new CoapClient(targets.coap.host, targets.coap.port);
     try {
       const meter = demoDevice(devicesDir, PROBE_COAP.productKey, PROBE_COAP.deviceName);
+      // A real uplink, authenticated as the gateway requires by default.
+      await coap.authenticate(meter, { timeoutMs: 5000 });
       const res = await coap.post(`/topic/sys/${meter.productKey}/${meter.deviceName}/thing/model/up_raw`, METER_FRAME, { confirmable: true, timeoutMs: 5000 });
       if (res.code === '2.04') out.coapMs = Date.now() - t;
       else out.error = `${out.error ? `${out.error}; ` : ''}CoAP probe: ${res.code} ${res.payload.toString().slice(0, 100)}`;

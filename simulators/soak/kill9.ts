@@ -100,7 +100,13 @@ function startDevices(ports: GatewayPorts, devicesDir: string, prefix: string, a
     (async () => {
       const coap = new CoapClient('127.0.0.1', ports.coap);
       const path = `/topic/sys/${COAP_DEVICE.productKey}/${COAP_DEVICE.deviceName}/thing/event/property/post`;
-      for (let n = 0; running; n++) {
+      // Tokens live in the gateway's memory, so each run starts with POST /auth (as a module after a
+      // gateway restart, once its old token gets 4.01). A run killed before it answers sends nothing.
+      const authed = await coap.authenticate({ ...COAP_DEVICE, deviceSecret: secretOf(devicesDir, COAP_DEVICE.productKey, COAP_DEVICE.deviceName) }, { timeoutMs: 1000 }).then(
+        () => true,
+        () => false,
+      );
+      for (let n = 0; running && authed; n++) {
         const id = `${prefix}c${n}`;
         const r = await coap.post(path, Buffer.from(JSON.stringify({ id, params: { speed: n % 100 } })), { timeoutMs: 300 }).catch(() => null);
         if (r?.code === '2.04') acked.add(id);

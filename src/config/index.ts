@@ -16,6 +16,8 @@ export const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: readonly string[]
   { env: 'WANWU_MQTT_PORT', path: ['mqtt', 'port'], type: 'port' },
   { env: 'WANWU_HTTP_HOST', path: ['http', 'host'], type: 'string' },
   { env: 'WANWU_HTTP_PORT', path: ['http', 'port'], type: 'port' },
+  // A secret: better in the environment (or a file readable by the service only) than in a config file.
+  { env: 'WANWU_HTTP_API_TOKEN', path: ['http', 'apiToken'], type: 'string' },
   { env: 'WANWU_STORAGE_PATH', path: ['storage', 'path'], type: 'string' },
   { env: 'WANWU_DEVICES_DIR', path: ['devicesDir'], type: 'string' },
   { env: 'WANWU_LOG_LEVEL', path: ['log', 'level'], type: 'string' },

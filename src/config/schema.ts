@@ -19,6 +19,35 @@ const topicTemplate = z
     `placeholders must be one of ${TOPIC_PLACEHOLDERS.map((p) => `{${p}}`).join(' ')}`,
   );
 
+/** Default topic of an upstream's command subscription (upstreams[].commands). */
+export const DEFAULT_COMMAND_TOPIC = 'wanwu/cmd/{productKey}/{deviceName}';
+
+/**
+ * A command topic template: {productKey} and {deviceName} each once, each a whole topic level (the
+ * subscription puts "+" there and reads the values back from the same levels); no other placeholder.
+ */
+const commandTopicTemplate = z
+  .string()
+  .min(1)
+  .refine((t) => !/[+#]/.test(t), 'a topic template cannot contain MQTT wildcards (+ or #)')
+  .refine((t) => {
+    const levels = t.split('/');
+    const count = (p: string) => levels.filter((l) => l === p).length;
+    return count('{productKey}') === 1 && count('{deviceName}') === 1 && levels.every((l) => !/[{}]/.test(l) || l === '{productKey}' || l === '{deviceName}');
+  }, 'a command topic has {productKey} and {deviceName} once each, each a whole level (e.g. "wanwu/cmd/{productKey}/{deviceName}"), and no other placeholder');
+
+/**
+ * Whether a record topic of this template could arrive on the command subscription: the same
+ * number of levels, each pair equal literals or both placeholders. The forwarder would then read
+ * its own records as commands, and publish a "refused" record for each, which it would read again.
+ */
+export function commandTopicOverlaps(commandTopic: string, recordTopic: string): boolean {
+  const a = commandTopic.split('/');
+  const b = recordTopic.split('/');
+  const isPlaceholder = (l: string) => /^\{[A-Za-z]+\}$/.test(l);
+  return a.length === b.length && a.every((l, i) => (isPlaceholder(l) && isPlaceholder(b[i]!)) || l === b[i]);
+}
+
 const upstreamUrl = z.string().refine((u) => {
   if (u === 'local') return true;
   try {
@@ -71,6 +100,26 @@ export const upstreamSchema = z.strictObject({
       insecure: z.boolean().default(false),
     })
     .optional(),
+  /**
+   * Commands from this upstream (README "Commands (downlink)"): the forwarder subscribes (QoS 1) to
+   * this topic with "+" for {productKey} and {deviceName} and queues each message as a command.
+   * Off (false) by default; true or {} = {"topic": "wanwu/cmd/{productKey}/{deviceName}"}. The
+   * default upstream list turns it on for "local".
+   */
+  commands: z
+    .union([z.boolean(), z.strictObject({ topic: commandTopicTemplate.default(DEFAULT_COMMAND_TOPIC) })])
+    .default(false)
+    .transform((c): { topic: string } | null => (c === false ? null : c === true ? { topic: DEFAULT_COMMAND_TOPIC } : c)),
+}).superRefine((u, ctx) => {
+  if (!u.commands) return;
+  if (commandTopicOverlaps(u.commands.topic, u.topic)) {
+    ctx.addIssue({ code: 'custom', path: ['commands', 'topic'], message: `overlaps the record topic "${u.topic}": the upstream's own records would come back as commands` });
+  }
+  // Application accounts may publish under wanwu/cmd/ only (src/transport/mqtt): elsewhere on the
+  // local broker nobody could send a command.
+  if (u.url === 'local' && !u.commands.topic.startsWith('wanwu/cmd/')) {
+    ctx.addIssue({ code: 'custom', path: ['commands', 'topic'], message: 'the local upstream\'s command topic must start with "wanwu/cmd/" (where application accounts may publish)' });
+  }
 });
 
 const account = z.strictObject({ username: z.string().min(1), password: z.string().min(1) });
@@ -103,6 +152,28 @@ export const COAP_AUTH_DEFAULTS = Object.freeze({
   tokenTtlS: 172_800,
   timestampWindowS: 300,
   maxTokens: 100_000,
+});
+
+/** How commands reach CoAP devices (src/transport/coap/delivery.ts). */
+export const COAP_DELIVERY_MODES = ['piggyback', 'push'] as const;
+export type CoapDeliveryMode = (typeof COAP_DELIVERY_MODES)[number];
+/** Longest push window, s: a module listens for seconds after an uplink, not for hours. */
+export const COAP_WINDOW_MAX_S = 3600;
+
+/**
+ * Defaults of downlink.coap (also what the CoAP listener uses when it is given no mode lookup).
+ * 'piggyback' by default: the command rides in the response to the device's own uplink, which
+ * reaches the device through any NAT or carrier firewall (it answers a request the device sent, RFC
+ * 7252 §5.2.1) and needs nothing of the module but reading the response. 'push' sends CON requests
+ * to the address and port the uplink came from: that works only when the module keeps listening on
+ * its source port after the uplink and the NAT binding still lets datagrams in, which many modules
+ * and carrier NATs do, but not all. 20 s is about an NB-IoT module's RRC inactivity timer after its
+ * last uplink (EMQX's LwM2M gateway waits 22 s), so a push lands while the radio is still up; with
+ * RFC 7252 §4.8's timers it leaves room for the first transmission and 2-3 retransmissions.
+ */
+export const COAP_DOWNLINK_DEFAULTS = Object.freeze({
+  delivery: 'piggyback' as CoapDeliveryMode,
+  windowS: 20,
 });
 
 /** A token bucket: `perSecond` sustained (0 = no limit), up to `burst` at once. */
@@ -250,8 +321,14 @@ export const configSchema = z.strictObject({
   http: z
     .strictObject({
       host: host.default('0.0.0.0'),
-      /** TCP port of /status, /metrics and /healthz; 0 = any free port. */
+      /** TCP port of /status, /metrics, /healthz and the /api/ resources; 0 = any free port. */
       port: port.default(8080),
+      /**
+       * Bearer token of the HTTP API (/api/...; at least 16 characters). Set: every /api/ request
+       * needs "Authorization: Bearer <token>" (else 401). null (default): /api/ reads are open and
+       * changes (POST, DELETE: commands reach devices) are taken from loopback only (else 403).
+       */
+      apiToken: z.string().min(16, 'at least 16 characters').max(256).nullable().default(null),
     })
     .prefault({}),
   storage: z
@@ -313,12 +390,57 @@ export const configSchema = z.strictObject({
       retainS: z.number().int().min(0).default(604_800),
       /** How often command TTLs are checked, in ms. */
       sweepMs: z.number().int().min(10).max(60_000).default(1000),
+      /**
+       * Delivery to CoAP devices (src/transport/coap/delivery.ts); a product's product.json
+       * `"downlink": {"coap", "windowS"}` overrides either key. See COAP_DOWNLINK_DEFAULTS for why.
+       */
+      coap: z
+        .strictObject({
+          /** "piggyback": in the response to the device's uplink; "push": CON requests to the device after its uplink. */
+          delivery: z.enum(COAP_DELIVERY_MODES).default(COAP_DOWNLINK_DEFAULTS.delivery),
+          /** push: s after each authenticated uplink during which the device is taken to be listening on its source port. */
+          windowS: z.number().int().min(1).max(COAP_WINDOW_MAX_S).default(COAP_DOWNLINK_DEFAULTS.windowS),
+        })
+        .prefault({}),
+      /**
+       * Device liveness (src/downlink/liveness.ts). MQTT devices are online while their session is
+       * open. CoAP devices are online for activeWindowS after an uplink, then sleeping until their
+       * next report is due (product.json liveness.reportIntervalS, else the interval learned from the
+       * device's own uplinks, else reportIntervalS here), then offline once it is overdue by the
+       * tolerance: the larger of toleranceS and toleranceRatio x the interval. A product's
+       * "liveness" keys override these.
+       */
+      liveness: z
+        .strictObject({
+          /** s. How long a CoAP device stays reachable after an uplink (NB-IoT RRC release + PSM active timer T3324); 20 = the CoAP push window. */
+          activeWindowS: z.number().int().min(1).max(86_400).default(20),
+          /** s. Expected report interval when neither the product nor the device's own history gives one (24 h: the usual NB-IoT meter schedule). */
+          reportIntervalS: z.number().int().min(10).max(31 * 86_400).default(86_400),
+          /** s. Least lateness before a sleeping device is offline (300: above CoAP's EXCHANGE_LIFETIME of 247 s, RFC 7252 §4.8.2, so retransmissions never flap it). */
+          toleranceS: z.number().int().min(0).max(31 * 86_400).default(300),
+          /** Lateness as a share of the interval (0.5: a daily meter is offline 36 h after its last report; covers the randomized report slot meters use against cell congestion). */
+          toleranceRatio: z.number().min(0).max(10).default(0.5),
+          /** ms. How often due state changes are applied and liveness is written to disk. */
+          sweepMs: z.number().int().min(10).max(60_000).default(1000),
+        })
+        .prefault({}),
+      /** Device shadow (src/downlink/shadow.ts): last reported property values. */
+      shadow: z
+        .strictObject({
+          /** ms. Reported values are kept in memory this long, then written in one transaction. */
+          flushMs: z.number().int().min(10).max(60_000).default(1000),
+        })
+        .prefault({}),
     })
+    .refine((d) => d.ttlS <= d.maxTtlS, { message: 'ttlS must not exceed maxTtlS (every command without a ttl would be refused)', path: ['ttlS'] })
     .prefault({}),
-  /** Where normalized records go. The default sends them to the gateway's own broker under wanwu/#. */
+  /**
+   * Where normalized records go. The default sends them to the gateway's own broker under wanwu/#
+   * and takes commands from it on wanwu/cmd/{productKey}/{deviceName} (published by mqtt.apps accounts).
+   */
   upstreams: z
     .array(upstreamSchema)
-    .prefault([{ name: 'local', url: 'local' }])
+    .prefault([{ name: 'local', url: 'local', commands: true }])
     .refine((list) => new Set(list.map((u) => u.name)).size === list.length, 'upstream names must be unique'),
   log: z
     .strictObject({

@@ -26,6 +26,8 @@ export interface BuiltCommand {
 
 const SERVICE_METHOD = /^thing\.service\.([A-Za-z0-9_:\-]{1,128})$/;
 const HEX = /^(?:[0-9a-fA-F]{2})+$/;
+/** Longest requestId: room for a UUID or a cloud platform's own message id, small enough for every state record. */
+export const REQUEST_ID_MAX = 64;
 
 function refuse(message: string, detail?: Record<string, unknown>): never {
   throw new WanwuError('WANWU_ERR_COMMAND', message, detail ? { detail } : undefined);
@@ -39,21 +41,22 @@ function isObject(v: unknown): v is Record<string, unknown> {
 export function parseCommandRequest(body: unknown): CommandRequest {
   if (!isObject(body)) refuse('a command is a JSON object: {"method","params","ttl"} or {"raw","ttl"}');
   for (const key of Object.keys(body)) {
-    if (!['method', 'params', 'ttl', 'raw'].includes(key)) refuse(`unknown key "${key}" (expected method, params, ttl or raw)`);
+    if (!['method', 'params', 'ttl', 'raw', 'requestId'].includes(key)) refuse(`unknown key "${key}" (expected method, params, ttl, raw or requestId)`);
   }
-  const { method, params, ttl, raw } = body;
+  const { method, params, ttl, raw, requestId } = body;
   if (ttl !== undefined && (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl < 1)) refuse('ttl is a whole number of seconds, at least 1');
+  if (requestId !== undefined && (typeof requestId !== 'string' || requestId.length < 1 || requestId.length > REQUEST_ID_MAX)) {
+    refuse(`requestId is a string of 1 to ${REQUEST_ID_MAX} characters`);
+  }
+  const extra = { ...(ttl === undefined ? {} : { ttl }), ...(requestId === undefined ? {} : { requestId }) };
   if (raw !== undefined) {
     if (method !== undefined || params !== undefined) refuse('a raw command has no method or params');
     if (typeof raw !== 'string' || !HEX.test(raw)) refuse('raw is the payload as an even number of hex digits');
-    return ttl === undefined ? { raw } : { raw, ttl };
+    return { raw, ...extra };
   }
   if (typeof method !== 'string') refuse('method is required: "thing.service.property.set" or "thing.service.{serviceId}" (or send {"raw": "hex"})');
   if (params !== undefined && !isObject(params)) refuse('params is a JSON object of identifier: value');
-  const req: CommandRequest = { method };
-  if (params !== undefined) req.params = params;
-  if (ttl !== undefined) req.ttl = ttl;
-  return req;
+  return { method, ...(params === undefined ? {} : { params }), ...extra };
 }
 
 /** The service a `thing.service.{id}` method names: by identifier, or by a model service's own `method`. */

@@ -8,13 +8,13 @@
 // in-process listeners (shadow, API waiters). Transports are woken when a command is queued.
 
 import path from 'node:path';
-import { WanwuError } from '../errors.js';
+import { asWanwuError, WanwuError } from '../errors.js';
 import type { Product, Registry } from '../registry/index.js';
 import { deviceRefusal } from '../registry/index.js';
 import { validateParams } from '../thing-model/index.js';
 import type { Logger, RawMessage, TelemetryRecord, Transport } from '../types.js';
 import { uuidv7 } from '../util/uuidv7.js';
-import { buildCommand, parseCommandRequest } from './build.js';
+import { buildCommand, parseCommandRequest, REQUEST_ID_MAX } from './build.js';
 import { CommandStore, type ListFilter } from './store.js';
 import {
   DOWN_RAW_METHOD,
@@ -70,6 +70,14 @@ export interface Downlink extends DownlinkPort {
   stop(): Promise<void>;
   /** Validates, encodes and queues a command (body as in the API); throws WanwuError when refused. */
   submit(productKey: string, deviceName: string, body: unknown, source: string): Command;
+  /**
+   * A command message from an upstream's command topic (JSON bytes: the API body, plus "requestId").
+   * Queued like submit(); a refused one is not thrown but published as a state record with state
+   * "refused" (code, message, the requestId when readable), so the application that sent it hears
+   * why. Resolves with the command (null when refused) once the outcome is stored; rejects only
+   * when even the refusal record cannot be stored.
+   */
+  submitMessage(productKey: string, deviceName: string, payload: Buffer, source: string): Promise<Command | null>;
   get(id: string): Command | null;
   list(filter: ListFilter): Command[];
   /** Cancels a command that is not final; throws WANWU_ERR_UNKNOWN_COMMAND or WANWU_ERR_COMMAND_STATE. */
@@ -146,6 +154,7 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
       attempts: c.attempts,
       expiresAt: c.expiresAt,
     };
+    if (c.requestId !== undefined) data.requestId = c.requestId;
     if (c.params !== undefined) data.params = c.params;
     if (c.via !== undefined) data.via = c.via;
     if (c.reply !== undefined) data.reply = c.reply;
@@ -157,6 +166,40 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
       ts: at,
       receivedAt: at,
       transport,
+      rat: product?.rat ?? 'nb-iot',
+      data,
+    };
+  }
+
+  /**
+   * The record of a command that never got an id (refused at submission from an upstream): same
+   * topic and shape as a state record, state "refused", no commandId. The body's requestId and
+   * method are echoed when they are readable, so the sender can tell which message it was.
+   */
+  function refusalRecord(productKey: string, deviceName: string, source: string, body: unknown, err: WanwuError): TelemetryRecord {
+    const at = now();
+    const product = opts.registry.product(productKey);
+    const data: Record<string, unknown> = {
+      commandId: null,
+      state: 'refused',
+      previous: null,
+      source,
+      code: err.code,
+      message: err.message.slice(0, 512),
+    };
+    if (isObject(body)) {
+      const { requestId, method } = body;
+      if (typeof requestId === 'string' && requestId.length <= REQUEST_ID_MAX) data.requestId = requestId;
+      if (typeof method === 'string') data.method = method.slice(0, 128);
+    }
+    return {
+      id: uuidv7(at),
+      productKey,
+      deviceName,
+      kind: 'command',
+      ts: at,
+      receivedAt: at,
+      transport: product?.rat === 'nb-iot' ? 'coap' : 'mqtt',
       rat: product?.rat ?? 'nb-iot',
       data,
     };
@@ -235,6 +278,7 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
             ...(built.params === undefined ? {} : { params: built.params }),
             topic: built.topic,
             source,
+            ...(req.requestId === undefined ? {} : { requestId: req.requestId }),
             createdAt: at,
             expiresAt: at + ttlS * 1000,
           },
@@ -253,6 +297,25 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
       } catch (err) {
         countRefusal(err);
         throw err;
+      }
+    },
+
+    async submitMessage(productKey, deviceName, payload, source) {
+      let body: unknown;
+      try {
+        try {
+          body = JSON.parse(payload.toString('utf8'));
+        } catch {
+          const err = new WanwuError('WANWU_ERR_MALFORMED', 'a command message is JSON: {"method","params","ttl","requestId"} or {"raw","ttl","requestId"}');
+          countRefusal(err);
+          throw err;
+        }
+        return downlink.submit(productKey, deviceName, body, source);
+      } catch (thrown) {
+        const err = asWanwuError(thrown);
+        opts.logger.debug({ productKey, deviceName, source, code: err.code, err: err.message }, 'upstream command refused');
+        await opts.records.append([refusalRecord(productKey, deviceName, source, body, err)]);
+        return null;
       }
     },
 
@@ -286,10 +349,21 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
         reply = { code: body.code };
         if (body.message !== undefined) reply.message = body.message;
         if (body.data !== undefined) reply.data = body.data;
-        if (command && body.code === 200 && product.model && method !== PROPERTY_SET_METHOD && isObject(body.data)) {
+        if (command && body.code === 200 && product.model && method !== PROPERTY_SET_METHOD && body.data !== undefined) {
           // Service output (Alibaba: the reply's data holds the service's outputData).
           const service = product.model.services.find((sv) => sv.method === method) ?? product.model.services.find((sv) => `thing.service.${sv.identifier}` === method);
-          if (service) reply.data = validateParams(product.model, service.identifier, service.outputData, body.data, false);
+          if (service) {
+            // Output that breaks the model still completes the command (as replied-error): the device
+            // did run it, and leaving the command open would deliver it, and run it, again.
+            try {
+              if (!isObject(body.data)) throw new WanwuError('WANWU_ERR_INVALID', `${service.identifier}: reply data is not an object of output parameters`);
+              reply.data = validateParams(product.model, service.identifier, service.outputData, body.data, false);
+            } catch (thrown) {
+              const err = asWanwuError(thrown);
+              if (err.fault !== 'device') throw thrown;
+              reply.invalid = { code: err.code, message: err.message };
+            }
+          }
         }
       }
       if (!command || FINAL_STATES.has(command.state)) {

@@ -12,7 +12,8 @@ import Database from 'better-sqlite3';
 import { WanwuError } from '../errors.js';
 import { FINAL_STATES, UNDELIVERED_STATES, type Command, type CommandReply, type CommandState, type DeliveryVia } from './types.js';
 
-const SCHEMA_VERSION = 1;
+// 1: the table; 2: request_id (the submitter's correlation id, echoed in state records).
+const SCHEMA_VERSION = 2;
 
 interface Row {
   seq: number;
@@ -34,6 +35,7 @@ interface Row {
   delivered_at: number | null;
   replied_at: number | null;
   reply: string | null;
+  request_id: string | null;
 }
 
 export interface NewCommand {
@@ -44,6 +46,7 @@ export interface NewCommand {
   params?: Record<string, unknown>;
   topic: string;
   source: string;
+  requestId?: string;
   createdAt: number;
   expiresAt: number;
 }
@@ -83,6 +86,10 @@ export class CommandStore {
     const version = this.db.pragma('user_version', { simple: true }) as number;
     if (version === SCHEMA_VERSION) return;
     if (version > SCHEMA_VERSION) throw new Error(`schema version ${version} is newer than this Wanwu (${SCHEMA_VERSION})`);
+    if (version === 1) {
+      this.db.exec(`ALTER TABLE commands ADD COLUMN request_id TEXT; PRAGMA user_version = ${SCHEMA_VERSION};`);
+      return;
+    }
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS commands (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,7 +110,8 @@ export class CommandStore {
         sent_at INTEGER,
         delivered_at INTEGER,
         replied_at INTEGER,
-        reply TEXT
+        reply TEXT,
+        request_id TEXT
       );
       CREATE INDEX IF NOT EXISTS commands_device ON commands (product_key, device_name, seq);
       CREATE INDEX IF NOT EXISTS commands_open ON commands (expires_at) WHERE state NOT IN (${FINAL_SQL});
@@ -115,8 +123,8 @@ export class CommandStore {
   private prepare() {
     const db = this.db;
     return {
-      insert: db.prepare(`INSERT INTO commands (id, product_key, device_name, method, params, topic, payload, state, source, created_at, updated_at, expires_at)
-        VALUES (@id, @productKey, @deviceName, @method, @params, @topic, x'', 'queued', @source, @createdAt, @createdAt, @expiresAt)`),
+      insert: db.prepare(`INSERT INTO commands (id, product_key, device_name, method, params, topic, payload, state, source, request_id, created_at, updated_at, expires_at)
+        VALUES (@id, @productKey, @deviceName, @method, @params, @topic, x'', 'queued', @source, @requestId, @createdAt, @createdAt, @expiresAt)`),
       setPayload: db.prepare('UPDATE commands SET payload = ? WHERE seq = ?'),
       byId: db.prepare('SELECT * FROM commands WHERE id = ?'),
       byMsgId: db.prepare('SELECT * FROM commands WHERE seq = ? AND product_key = ? AND device_name = ?'),
@@ -137,7 +145,7 @@ export class CommandStore {
   /** Inserts a queued command; `encode` gets its Alink message id and returns the payload. Atomic. */
   insert(c: NewCommand, encode: (msgId: string) => Buffer): Command {
     const tx = this.db.transaction(() => {
-      const info = this.stmts.insert.run({ ...c, params: c.params === undefined ? null : JSON.stringify(c.params) });
+      const info = this.stmts.insert.run({ ...c, params: c.params === undefined ? null : JSON.stringify(c.params), requestId: c.requestId ?? null });
       const seq = Number(info.lastInsertRowid);
       this.stmts.setPayload.run(encode(String(seq)), seq);
       return seq;
@@ -197,7 +205,7 @@ export class CommandStore {
   }
 
   markReplied(id: string, reply: CommandReply, at: number): boolean {
-    const state: CommandState = reply.code === 200 ? 'replied-ok' : 'replied-error';
+    const state: CommandState = reply.code === 200 && reply.invalid === undefined ? 'replied-ok' : 'replied-error';
     return this.stmts.replied.run(state, JSON.stringify(reply), at, at, id).changes > 0;
   }
 
@@ -266,5 +274,6 @@ function toCommand(r: Row): Command {
   if (r.delivered_at !== null) c.deliveredAt = r.delivered_at;
   if (r.replied_at !== null) c.repliedAt = r.replied_at;
   if (r.reply !== null) c.reply = JSON.parse(r.reply) as CommandReply;
+  if (r.request_id !== null) c.requestId = r.request_id;
   return c;
 }

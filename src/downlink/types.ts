@@ -33,6 +33,11 @@ export interface CommandReply {
   /** Service output data (validated against the service's outputData), or the raw reply as hex. */
   data?: unknown;
   message?: string;
+  /**
+   * Set when a code-200 reply's data breaks the service's outputData: the command is then
+   * replied-error (the device did answer, so it is not sent again) and `data` is kept as received.
+   */
+  invalid?: { code: string; message: string };
 }
 
 export interface Command {
@@ -53,6 +58,8 @@ export interface Command {
   state: CommandState;
   /** Who submitted it: "api" or "upstream:{name}". */
   source: string;
+  /** The submitter's correlation id (up to 64 characters), echoed in every state record of the command. */
+  requestId?: string;
   /** ms since the epoch. */
   createdAt: number;
   updatedAt: number;
@@ -68,8 +75,8 @@ export interface Command {
 
 /** What a submitter asks for (HTTP API body, upstream command topic payload). */
 export type CommandRequest =
-  | { method: string; params?: Record<string, unknown>; ttl?: number }
-  | { raw: string; ttl?: number };
+  | { method: string; params?: Record<string, unknown>; ttl?: number; requestId?: string }
+  | { raw: string; ttl?: number; requestId?: string };
 
 /** A state change, as listeners (transports, shadow, upstream records) get it. */
 export interface CommandChange {

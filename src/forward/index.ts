@@ -8,7 +8,7 @@
 
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { StoredRecord, RecordBuffer } from '../buffer/index.js';
 import type { UpstreamConfig } from '../config/index.js';
 import { WanwuError } from '../errors.js';
@@ -27,6 +27,13 @@ export interface ForwarderOptions {
   buffer: RecordBuffer;
   logger: Logger;
   random?: () => number;
+  /**
+   * Takes the messages of the upstream's command topic (upstream.commands), with the productKey and
+   * deviceName read from the topic and source "upstream:{name}". The message is acknowledged
+   * (PUBACK) once the promise settles, when the command, or its refusal, is stored. The gateway
+   * passes the downlink's submitMessage; without it no command topic is subscribed.
+   */
+  submitCommand?: (productKey: string, deviceName: string, payload: Buffer, source: string) => Promise<unknown>;
 }
 
 export interface ForwarderStats {
@@ -77,6 +84,26 @@ export function compileTopic(template: string): (r: TopicFields) => string {
     let s = '';
     for (const g of getters) s += g(r);
     return s;
+  };
+}
+
+/**
+ * The subscription of a command topic template (config upstreams[].commands.topic): the filter, with
+ * "+" for {productKey} and {deviceName}, and a parser that reads them back from a topic.
+ */
+export function commandSubscription(template: string): { filter: string; parse(topic: string): { productKey: string; deviceName: string } | null } {
+  const levels = template.split('/');
+  const pk = levels.indexOf('{productKey}');
+  const dn = levels.indexOf('{deviceName}');
+  return {
+    filter: levels.map((l, i) => (i === pk || i === dn ? '+' : l)).join('/'),
+    parse(topic) {
+      const got = topic.split('/');
+      if (got.length !== levels.length || !levels.every((l, i) => i === pk || i === dn || l === got[i])) return null;
+      const productKey = got[pk]!;
+      const deviceName = got[dn]!;
+      return productKey !== '' && deviceName !== '' ? { productKey, deviceName } : null;
+    },
   };
 }
 
@@ -150,11 +177,14 @@ class MqttForwarder implements Forwarder {
   private readonly topicOf: ReturnType<typeof compileTopic>;
   private readonly random: () => number;
   private readonly tls: ReturnType<typeof tlsOptions>;
+  /** The command topic's subscription, when the upstream sends commands and the gateway takes them. */
+  private readonly commands: ReturnType<typeof commandSubscription> | null;
 
   constructor(private readonly opts: ForwarderOptions) {
     this.topicOf = compileTopic(opts.upstream.topic);
     this.random = opts.random ?? Math.random;
     this.tls = tlsOptions(opts.upstream);
+    this.commands = opts.upstream.commands && opts.submitCommand ? commandSubscription(opts.upstream.commands.topic) : null;
   }
 
   async start(): Promise<void> {
@@ -180,7 +210,11 @@ class MqttForwarder implements Forwarder {
       this.client = null;
       this.connected = false;
       client.removeAllListeners('close');
-      await new Promise<void>((resolve) => client.end(false, {}, () => resolve()));
+      // end(false) waits for every outgoing packet to be answered: one that still is not (a publish
+      // after the wait, or the command topic's SUBSCRIBE to a broker that is going away) would hold
+      // stop() forever, so then the connection is dropped without DISCONNECT.
+      const force = Object.keys(client.outgoing).length > 0;
+      await new Promise<void>((resolve) => client.end(force, {}, () => resolve()));
     }
     this.resetWindow();
   }
@@ -222,11 +256,15 @@ class MqttForwarder implements Forwarder {
     };
     const client = mqtt.connect(this.opts.url, options);
     this.client = client;
+    // mqtt.js sends the PUBACK of an incoming message when handleMessage calls back: commands are
+    // acknowledged only once stored, and the next incoming packet waits, so they queue in order.
+    if (this.commands) client.handleMessage = (packet, callback) => this.onCommand(packet, callback);
     client.on('connect', () => {
       if (client !== this.client) return;
       this.connected = true;
       this.attempt = 0;
       this.opts.logger.info({ upstream: u.name, url: redact(this.opts.url) }, 'upstream connected');
+      this.subscribeCommands(client);
       this.resetWindow();
       this.pump();
     });
@@ -235,6 +273,34 @@ class MqttForwarder implements Forwarder {
       if (client !== this.client) return;
       this.onConnectionLost(client);
     });
+  }
+
+  /** Every connection subscribes again: a clean session (the default) forgets subscriptions. */
+  private subscribeCommands(client: MqttClient): void {
+    if (!this.commands) return;
+    const filter = this.commands.filter;
+    client.subscribe(filter, { qos: 1 }, (err, granted) => {
+      // SUBACK 0x80 [MQTT-3.9.3]: the broker's ACL refused it; records still flow, commands do not.
+      const refused = err ?? (granted?.[0]?.qos === 128 ? new Error(`subscription to ${filter} refused by the broker`) : null);
+      if (!refused || client !== this.client) return;
+      this.noteError(refused);
+      this.opts.logger.error({ upstream: this.opts.upstream.name, topic: filter, err: refused.message }, 'upstream command topic not subscribed');
+    });
+  }
+
+  private onCommand(packet: IPublishPacket, callback: (err?: Error) => void): void {
+    const where = this.commands?.parse(packet.topic);
+    if (!where || !this.opts.submitCommand) return callback();
+    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+    this.opts.submitCommand(where.productKey, where.deviceName, payload, `upstream:${this.opts.upstream.name}`).then(
+      () => callback(),
+      (err: Error) => {
+        // Not even its refusal could be stored: no PUBACK, so a persistent session gets it again.
+        this.noteError(err);
+        this.opts.logger.error({ upstream: this.opts.upstream.name, topic: packet.topic, err: err.message }, 'upstream command not stored');
+        callback(err);
+      },
+    );
   }
 
   private onConnectionLost(client: MqttClient): void {

@@ -16,6 +16,7 @@ import { parseThingModel, type ThingModel } from '../thing-model/tsl.js';
 import type { Codec } from '../thing-model/types.js';
 import { compileModel } from '../thing-model/validate.js';
 import { RATS, type Rat } from '../types.js';
+import { COAP_DELIVERY_MODES, COAP_WINDOW_MAX_S, type CoapDeliveryMode } from '../config/schema.js';
 
 export type DeviceStatus = 'enabled' | 'disabled';
 
@@ -51,16 +52,54 @@ export interface Product {
    */
   auth?: ProductAuth;
   /**
+   * CoAP payload encryption (src/transport/coap/encryption.ts, Alibaba's symmetric mode): the
+   * product's CoAP devices encrypt payloads and sequence numbers with a key from their token's
+   * `random`, and get encrypted answers. product.json `"coapEncryption": "aes-128-cbc"`; absent (or
+   * "none") = off, and then the field is absent.
+   */
+  coapEncryption?: CoapEncryption;
+  /**
    * Dynamic registration (Alibaba's 一型一密, with pre-registration): a device listed in the registry
    * that knows this product secret may fetch its device secret once, over MQTT on TLS, until it is
    * first seen. Absent = off (the default).
    */
   productSecret?: string;
+  /**
+   * Device liveness (src/downlink/liveness.ts): product.json `"liveness": {"activeWindowS"?,
+   * "reportIntervalS"?, "toleranceS"?, "toleranceRatio"?}`, each overriding config
+   * downlink.liveness for the product's devices. Absent = the config's values.
+   */
+  liveness?: ProductLiveness;
+  /**
+   * Commands to the product's CoAP devices (src/transport/coap/delivery.ts): product.json
+   * `"downlink": {"coap"?: "piggyback" | "push", "windowS"?: 1-3600}`, each overriding config
+   * downlink.coap (delivery, windowS). Absent = the config's values.
+   */
+  downlink?: ProductDownlink;
+}
+
+/** product.json `downlink`: how commands reach the product's CoAP devices. */
+export interface ProductDownlink {
+  coap?: CoapDeliveryMode;
+  /** push: s after each uplink during which the gateway pushes. */
+  windowS?: number;
+}
+
+/** product.json `liveness`: seconds, except toleranceRatio (a share of the report interval). */
+export interface ProductLiveness {
+  activeWindowS?: number;
+  reportIntervalS?: number;
+  toleranceS?: number;
+  toleranceRatio?: number;
 }
 
 /** product.json `auth`: how the product's CoAP devices authenticate. */
 export const PRODUCT_AUTH = ['sign', 'none'] as const;
 export type ProductAuth = (typeof PRODUCT_AUTH)[number];
+
+/** product.json `coapEncryption`: "none" (the default) or Alibaba's CoAP symmetric mode. */
+export const PRODUCT_COAP_ENCRYPTION = ['none', 'aes-128-cbc'] as const;
+export type CoapEncryption = Exclude<(typeof PRODUCT_COAP_ENCRYPTION)[number], 'none'>;
 
 /** Something the registry keeps in its audit table (store.ts), e.g. a refused card. */
 export interface AuditEntry {
@@ -115,7 +154,7 @@ const ICCID = { re: /^\d{18,19}[\dFf]$/, what: 'a 19-20 digit ICCID' };
 const SECRET = { re: /^[\x21-\x7e]{1,128}$/, what: 'a secret of 1-128 printable ASCII characters without spaces' };
 /** The formats of a device record's fields, shared by devices.json and `wanwu devices`. */
 export const DEVICE_FIELD_FORMATS = Object.freeze({ deviceName: TOPIC_NAME, deviceSecret: SECRET, imei: IMEI, iccid: ICCID });
-const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description', 'cardBinding', 'auth', 'dynamicRegistration'] as const;
+const PRODUCT_KEYS = ['productKey', 'name', 'rat', 'codec', 'description', 'cardBinding', 'auth', 'coapEncryption', 'dynamicRegistration', 'liveness', 'downlink'] as const;
 
 /**
  * Why a known device may not send: null when it may. Called by the pipeline for every uplink (and
@@ -174,6 +213,9 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
   r.optionalString(p.description, 'description');
   const cardBinding = p.cardBinding === undefined ? true : r.boolean(p.cardBinding, 'cardBinding');
   const auth: ProductAuth = p.auth === undefined ? 'sign' : r.oneOf(p.auth, 'auth', PRODUCT_AUTH);
+  const encryption = p.coapEncryption === undefined ? 'none' : r.oneOf(p.coapEncryption, 'coapEncryption', PRODUCT_COAP_ENCRYPTION);
+  // The key comes from the token's `random` (POST /auth): a product without tokens has no key.
+  if (encryption !== 'none' && auth === 'none') r.fail('coapEncryption', `"${encryption}" needs the key that POST /auth hands out, so it cannot go with "auth": "none"`);
   let productSecret: string | undefined;
   if (p.dynamicRegistration !== undefined) {
     const d = r.object(p.dynamicRegistration, 'dynamicRegistration');
@@ -184,6 +226,8 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
     }
     productSecret = d.productSecret as string;
   }
+  const liveness = p.liveness === undefined ? undefined : parseLiveness(r, p.liveness);
+  const downlink = p.downlink === undefined ? undefined : parseDownlink(r, p.downlink);
 
   const modelFile = path.join(dir, 'model.json');
   const model = src.model === undefined || src.model === null ? null : parseThingModel(src.model, modelFile, warn);
@@ -198,7 +242,34 @@ export function createProduct(src: ProductSource, warn?: (line: string) => void)
   const codec = buildCodec(p.codec, { productKey, model, reader: r, path: 'codec', dir });
   const devices = src.devices === undefined || src.devices === null ? new Map<string, Device>() : parseDevices(src.devices, productKey, dir);
 
-  return Object.freeze({ productKey, name, rat, dir, model, codec, devices, cardBinding, auth, ...(productSecret ? { productSecret } : {}) });
+  return Object.freeze({ productKey, name, rat, dir, model, codec, devices, cardBinding, auth, ...(encryption === 'none' ? {} : { coapEncryption: encryption }), ...(productSecret ? { productSecret } : {}), ...(liveness ? { liveness } : {}), ...(downlink ? { downlink } : {}) });
+}
+
+/** product.json `downlink`: the same values as config downlink.coap (src/config/schema.ts). */
+function parseDownlink(r: DefinitionReader, value: unknown): ProductDownlink {
+  const o = r.object(value, 'downlink');
+  r.onlyKeys(o, 'downlink', ['coap', 'windowS'] as const);
+  const out: ProductDownlink = {};
+  if (o.coap !== undefined) out.coap = r.oneOf(o.coap, 'downlink.coap', COAP_DELIVERY_MODES);
+  if (o.windowS !== undefined) out.windowS = r.integer(o.windowS, 'downlink.windowS', { min: 1, max: COAP_WINDOW_MAX_S });
+  return Object.freeze(out);
+}
+
+/** product.json `liveness`: the same bounds as config downlink.liveness (src/config/schema.ts). */
+function parseLiveness(r: DefinitionReader, value: unknown): ProductLiveness {
+  const o = r.object(value, 'liveness');
+  r.onlyKeys(o, 'liveness', ['activeWindowS', 'reportIntervalS', 'toleranceS', 'toleranceRatio'] as const);
+  const out: ProductLiveness = {};
+  const month = 31 * 86_400;
+  if (o.activeWindowS !== undefined) out.activeWindowS = r.integer(o.activeWindowS, 'liveness.activeWindowS', { min: 1, max: 86_400 });
+  if (o.reportIntervalS !== undefined) out.reportIntervalS = r.integer(o.reportIntervalS, 'liveness.reportIntervalS', { min: 10, max: month });
+  if (o.toleranceS !== undefined) out.toleranceS = r.integer(o.toleranceS, 'liveness.toleranceS', { min: 0, max: month });
+  if (o.toleranceRatio !== undefined) {
+    const ratio = r.number(o.toleranceRatio, 'liveness.toleranceRatio');
+    if (ratio < 0 || ratio > 10) r.fail('liveness.toleranceRatio', `${ratio} is not between 0 and 10`);
+    out.toleranceRatio = ratio;
+  }
+  return Object.freeze(out);
 }
 
 function parseDevices(json: unknown, productKey: string, dir: string): Map<string, Device> {

@@ -100,6 +100,39 @@ export function signMqttLogin(p: {
   };
 }
 
+/** The JSON body of a CoAP `POST /auth` (Alibaba IoT's CoAP form, src/transport/coap/auth.ts). */
+export interface CoapAuthBody {
+  productKey: string;
+  deviceName: string;
+  clientId: string;
+  /** ms since the epoch, as a string (Alibaba's form). */
+  timestamp: string;
+  signmethod: SignMethod;
+  sign: string;
+  /** The sequence number the first uplink must exceed (default: any, from 0). */
+  seq?: number;
+}
+
+/**
+ * Builds the /auth body a device would send: the same sign as its MQTT login, over the same content
+ * (signContent). Used by the simulator, `wanwu sign --coap` and the docs.
+ */
+export function signCoapAuth(p: {
+  productKey: string;
+  deviceName: string;
+  deviceSecret: string;
+  clientId?: string;
+  signMethod?: SignMethod;
+  timestamp?: number;
+  seq?: number;
+}): CoapAuthBody {
+  const clientId = p.clientId ?? p.deviceName;
+  const signmethod = p.signMethod ?? 'hmacsha256';
+  const timestamp = String(p.timestamp ?? Date.now());
+  const sign = computeSign(signmethod, p.deviceSecret, signContent({ clientId, deviceName: p.deviceName, productKey: p.productKey, timestamp }));
+  return { productKey: p.productKey, deviceName: p.deviceName, clientId, timestamp, signmethod, sign, ...(p.seq === undefined ? {} : { seq: p.seq }) };
+}
+
 function authError(message: string): WanwuError {
   return new WanwuError('WANWU_ERR_AUTH', message);
 }

@@ -7,12 +7,14 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import client from 'prom-client';
 import type { BufferStats } from '../buffer/index.js';
+import type { DevicesByState } from '../downlink/liveness.js';
+import type { CommandState } from '../downlink/types.js';
 import type { ForwarderStats } from '../forward/index.js';
 import type { PipelineStats } from '../pipeline.js';
 import type { CoapListenerStats } from '../transport/coap/index.js';
 import type { MqttListenerStats } from '../transport/mqtt/index.js';
 import type { Logger, Transport } from '../types.js';
-import { API_MAX_BODY_BYTES, errorResponse, type ApiHandler, type ApiRequest, type ApiResponse } from './api.js';
+import { API_MAX_BODY_BYTES, apiAccessRefusal, errorResponse, type ApiHandler, type ApiRequest, type ApiResponse } from './api.js';
 import { asWanwuError, WanwuError } from '../errors.js';
 
 export interface StatusSources {
@@ -25,6 +27,10 @@ export interface StatusSources {
   buffer(): BufferStats;
   upstreams(): ForwarderStats[];
   registry(): { products: number; devices: number };
+  /** Device liveness by state and rat (src/downlink/liveness.ts); absent or null: not shown. */
+  devices?(): DevicesByState | null;
+  /** Commands in the queue by state (src/downlink); absent or null: not shown. */
+  commands?(): { byState: Record<CommandState, number> } | null;
 }
 
 export interface StatusServerOptions {
@@ -34,6 +40,8 @@ export interface StatusServerOptions {
   logger: Logger;
   /** Handlers of /api/... requests, asked in order; the first non-null answer wins. */
   api?: readonly ApiHandler[];
+  /** config http.apiToken: who may use /api/ (apiAccessRefusal in api.ts). Default null. */
+  apiToken?: string | null;
 }
 
 export interface StatusServer {
@@ -80,9 +88,16 @@ export function buildStatus(s: StatusSources, http: { address: string; port: num
       lastErrorAt: buffer.lastErrorAt,
     },
     upstreams: s.upstreams(),
+    ...optional('devices', s.devices?.()),
+    ...optional('commands', s.commands?.()),
     // For load tests (wanwu-sim connections reads memory per session from here) and operators.
     process: processFigures(),
   };
+}
+
+/** `{[name]: value}`, or nothing when the stage is absent (a status of a gateway without it keeps its old shape). */
+function optional<K extends string, V>(name: K, value: V | null | undefined): Partial<Record<K, V>> {
+  return value === null || value === undefined ? {} : ({ [name]: value } as Record<K, V>);
 }
 
 function processFigures() {
@@ -174,6 +189,10 @@ export function createMetricsRegistry(s: StatusSources): client.Registry {
     Object.entries(s.coap()?.auth?.refused ?? {}).map(([reason, n]) => [{ reason }, n]));
   gauge('wanwu_coap_auth_tokens', 'CoAP tokens held (bounded by coap.auth.maxTokens)', [], () => [[{}, s.coap()?.auth?.tokens ?? 0]]);
   gauge('wanwu_devices', 'Devices known to the registry', [], () => [[{}, s.registry().devices]]);
+  gauge('wanwu_devices_by_state', 'Registered devices by liveness state (online, sleeping, offline) and rat', ['state', 'rat'], () =>
+    Object.entries(s.devices?.()?.byRat ?? {}).flatMap(([rat, by]) => Object.entries(by).map(([state, n]): [Record<string, string>, number] => [{ state, rat }, n])));
+  gauge('wanwu_commands', 'Commands in the queue by state (final ones within downlink.retainS)', ['state'], () =>
+    Object.entries(s.commands?.()?.byState ?? {}).map(([state, n]): [Record<string, string>, number] => [{ state }, n]));
   return registry;
 }
 
@@ -200,7 +219,7 @@ export function createStatusServer(opts: StatusServerOptions): StatusServer {
 
   const answer = (res: ServerResponse, r: ApiResponse, head: boolean) => {
     const text = `${JSON.stringify(r.body, null, 2)}\n`;
-    res.writeHead(r.status, { 'content-type': 'application/json; charset=utf-8' });
+    res.writeHead(r.status, { ...r.headers, 'content-type': 'application/json; charset=utf-8' });
     res.end(head ? undefined : text);
   };
 
@@ -220,7 +239,18 @@ export function createStatusServer(opts: StatusServerOptions): StatusServer {
     req.on('end', () => {
       void (async () => {
         try {
+          const refusal = apiAccessRefusal({ method: req.method ?? 'GET', headers: req.headers, remoteAddress: req.socket.remoteAddress ?? '' }, opts.apiToken ?? null);
+          if (refusal) {
+            const r = errorResponse(refusal);
+            // RFC 6750 §3: a 401 names the scheme the client must use.
+            return answer(res, refusal.code === 'WANWU_ERR_AUTH' ? { ...r, headers: { 'www-authenticate': 'Bearer realm="wanwu"' } } : r, head);
+          }
           if (tooLarge) throw new WanwuError('WANWU_ERR_TOO_LARGE', `request body over ${API_MAX_BODY_BYTES} bytes`);
+          // A browser sends a cross-site text/plain or form POST without asking first (CORS "simple
+          // request"); insisting on JSON makes it ask, and this server never says yes.
+          if (size > 0 && !/^application\/json\s*(;|$)/i.test(req.headers['content-type'] ?? '')) {
+            throw new WanwuError('WANWU_ERR_MALFORMED', 'send the request body with "Content-Type: application/json"');
+          }
           let body: unknown;
           if (size > 0) {
             try {

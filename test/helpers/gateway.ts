@@ -1,7 +1,7 @@
 // Starts a real gateway in-process: CoAP, MQTT and HTTP on 127.0.0.1 port 0, a real SQLite file.
 
 import { join } from 'node:path';
-import mqtt, { type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { createGateway, type Gateway } from '../../src/gateway.js';
 import { signMqttLogin } from '../../src/registry/sign.js';
@@ -44,10 +44,10 @@ export async function deviceSecret(productKey: string, deviceName: string): Prom
   return d.deviceSecret;
 }
 
-/** Connects an mqtt.js client as a device with an Alibaba-signed login. */
-export async function connectDevice(port: number, productKey: string, deviceName: string, secret?: string): Promise<MqttClient> {
+/** Connects an mqtt.js client as a device with an Alibaba-signed login (`options`: e.g. clean, customHandleAcks). */
+export async function connectDevice(port: number, productKey: string, deviceName: string, secret?: string, options: IClientOptions = {}): Promise<MqttClient> {
   const creds = signMqttLogin({ productKey, deviceName, deviceSecret: secret ?? (await deviceSecret(productKey, deviceName)) });
-  const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, { ...creds, reconnectPeriod: 0, protocolVersion: 4 });
+  const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, { ...creds, reconnectPeriod: 0, protocolVersion: 4, ...options });
   await new Promise<void>((resolve, reject) => {
     client.once('connect', () => resolve());
     client.once('error', reject);

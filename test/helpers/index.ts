@@ -12,6 +12,13 @@ import type { Logger } from '../../src/types.js';
 
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
+/** A logger that keeps every line, for tests of what the gateway says (start-up warnings ...). */
+export function recordingLogger(): Logger & { lines: Array<{ level: 'debug' | 'info' | 'warn' | 'error'; obj: Record<string, unknown>; msg: string | undefined }> } {
+  const lines: Array<{ level: 'debug' | 'info' | 'warn' | 'error'; obj: Record<string, unknown>; msg: string | undefined }> = [];
+  const at = (level: 'debug' | 'info' | 'warn' | 'error') => (obj: object, msg?: string) => void lines.push({ level, obj: obj as Record<string, unknown>, msg });
+  return { lines, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
+}
+
 export function tempDir(prefix = 'wanwu-test-'): { path: string; cleanup(): void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
   return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
@@ -38,6 +45,12 @@ export interface UpstreamMessage {
  */
 export class TestUpstream {
   readonly messages: UpstreamMessage[] = [];
+  /**
+   * Device liveness records (kind "state", src/downlink/liveness.ts). The gateway sends one on a
+   * device's first contact and at every online/sleeping/offline change, so they are kept apart:
+   * `messages` and `records()` hold what devices sent (and command records), which tests count.
+   */
+  readonly states: UpstreamMessage[] = [];
   port = 0;
   private broker: Aedes | null = null;
   private server: Server | null = null;
@@ -59,7 +72,7 @@ export class TestUpstream {
         } catch {
           /* not JSON */
         }
-        this.messages.push({ topic: packet.topic, payload: Buffer.from(packet.payload), json, qos: packet.qos });
+        (json.kind === 'state' ? this.states : this.messages).push({ topic: packet.topic, payload: Buffer.from(packet.payload), json, qos: packet.qos });
         done(null);
       },
     });

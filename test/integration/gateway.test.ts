@@ -7,7 +7,7 @@ import type { Gateway } from '../../src/gateway.js';
 import { signMqttLogin } from '../../src/registry/sign.js';
 import { CoapClient as CoapTestClient } from '../../simulators/lib/coap-client.js';
 import { loadRegistry } from '../../src/registry/index.js';
-import { connectDevice, DEMO, DEVICES_DIR, getJson, startGateway } from '../helpers/gateway.js';
+import { connectDevice, DEMO, deviceSecret, DEVICES_DIR, getJson, startGateway } from '../helpers/gateway.js';
 import { tempDir, TestUpstream, waitUntil } from '../helpers/index.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -48,6 +48,14 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
   const start = async () => {
     gw = await startGateway(dir.path, [{ name: 'cloud', url: upstream.url, reconnectMinMs: 50, reconnectMaxMs: 200 }]);
     return gw;
+  };
+  /** A CoAP client speaking as the water meter: authenticated, as the default coap.auth.mode "required" asks. */
+  const meterClient = async (g: Gateway) => {
+    const coap = new CoapTestClient('127.0.0.1', g.addresses().coap.port);
+    clients.push({ end: () => coap.close() });
+    const { productKey, deviceName } = DEMO.meter;
+    await coap.authenticate({ productKey, deviceName, deviceSecret: await deviceSecret(productKey, deviceName) });
+    return coap;
   };
 
   it('MQTT property post: PUBACK after commit, Alink reply 200, exact record upstream', async () => {
@@ -99,8 +107,7 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
   it('CoAP CON up_raw of the water meter: 2.04 after commit and the exact record upstream', async () => {
     const g = await start();
     const { productKey, deviceName } = DEMO.meter;
-    const coap = new CoapTestClient('127.0.0.1', g.addresses().coap.port);
-    clients.push({ end: () => coap.close() });
+    const coap = await meterClient(g);
     const res = await coap.post(`/topic/sys/${productKey}/${deviceName}/thing/model/up_raw`, METER_FRAME);
     expect(res.code).toBe('2.04');
     expect(res.packet.ack).toBe(true); // piggybacked
@@ -116,9 +123,8 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
 
   it('refuses bad input with coded errors, dead-letters it, counts it, and keeps running', async () => {
     const g = await start();
-    const { mqtt: m, coap: c, http } = g.addresses();
-    const coap = new CoapTestClient('127.0.0.1', c.port);
-    clients.push({ end: () => coap.close() });
+    const { mqtt: m, http } = g.addresses();
+    const coap = await meterClient(g);
     const { productKey, deviceName } = DEMO.tracker;
     const device = await connectDevice(m.port, productKey, deviceName);
     clients.push(device);
@@ -137,12 +143,14 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
     expect(replies.map((r) => r.code)).toEqual([6207, 460, 6320, 6203]);
     expect(replies[1]).toMatchObject({ id: '2', message: expect.stringContaining('batteryLevel: 130 above max 100') });
 
-    // CoAP: undecodable frame -> 4.00 with a diagnostic; unknown device -> 4.04; unknown path -> 4.04.
+    // CoAP: undecodable frame -> 4.00 with a diagnostic; unknown path -> 4.04; an unknown device
+    // has no token (none can be issued for it) -> 4.01 before the pipeline, not dead-lettered.
     const short = await coap.post(`/topic/sys/${DEMO.meter.productKey}/${DEMO.meter.deviceName}/thing/model/up_raw`, METER_FRAME.subarray(0, 9));
     expect(short.code).toBe('4.00');
     expect(short.payload.toString()).toContain('WANWU_ERR_MALFORMED');
-    const unknown = await coap.post(`/topic/sys/${DEMO.meter.productKey}/wm-9999/thing/model/up_raw`, METER_FRAME);
-    expect(unknown.code).toBe('4.04');
+    const unknown = await coap.post(`/topic/sys/${DEMO.meter.productKey}/wm-9999/thing/model/up_raw`, METER_FRAME, { anonymous: true });
+    expect(unknown.code).toBe('4.01');
+    expect(unknown.payload.toString()).toContain('WANWU_ERR_TOKEN');
     const badPath = await coap.post('/nothing/here', METER_FRAME);
     expect(badPath.code).toBe('4.04');
 
@@ -159,15 +167,18 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
       WANWU_ERR_MALFORMED: { mqtt: 1, coap: 1 },
       WANWU_ERR_INVALID: { mqtt: 1, coap: 0 },
       WANWU_ERR_UNKNOWN_IDENTIFIER: { mqtt: 1, coap: 0 },
-      WANWU_ERR_UNKNOWN_DEVICE: { mqtt: 0, coap: 1 },
       WANWU_ERR_TOO_LARGE: { mqtt: 0, coap: 1 },
       WANWU_ERR_TOPIC: { mqtt: 1, coap: 0 },
     });
+    // The unauthenticated post never reached the pipeline.
+    expect(status.ingest.rejectedByCode.WANWU_ERR_UNKNOWN_DEVICE?.coap ?? 0).toBe(0);
     expect(status.ingest.accepted).toEqual({ coap: 1, mqtt: 0, total: 1 });
     // Every refused payload from a named device is kept with its raw bytes (the oversize one cut to
-    // the 1 KiB limit); the unknown path names no device and is only counted by the listener.
-    await waitUntil(() => g.status().buffer.deadLetters === 7, 2000, 'seven dead letters');
-    expect(status.listeners.coap.responses).toMatchObject({ '4.00': 1, '4.04': 2, '4.13': 1, '2.04': 1 });
+    // the 1 KiB limit); the unknown path names no device and is only counted by the listener, and the
+    // unauthenticated post is counted as an authentication refusal.
+    await waitUntil(() => g.status().buffer.deadLetters === 6, 2000, 'six dead letters');
+    expect(status.listeners.coap.responses).toMatchObject({ '4.00': 1, '4.01': 1, '4.04': 1, '4.13': 1, '2.04': 1 });
+    expect(status.listeners.coap.auth).toMatchObject({ mode: 'required', issued: 1, refused: { unauthenticated: 1 } });
   });
 
   it('MQTT login: bad sign and unknown device get CONNACK 4; another device\'s topic closes the connection', async () => {
@@ -212,12 +223,12 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
 
   it('a CoAP retransmission (same message id and token) is answered again and stored once', async () => {
     const g = await start();
-    const coap = new CoapTestClient('127.0.0.1', g.addresses().coap.port);
-    clients.push({ end: () => coap.close() });
+    const coap = await meterClient(g);
     const path = `/topic/sys/${DEMO.meter.productKey}/${DEMO.meter.deviceName}/thing/model/up_raw`;
     const token = Buffer.from('c0ffee01', 'hex');
-    const first = await coap.post(path, METER_FRAME, { messageId: 4242, token });
-    const again = await coap.post(path, METER_FRAME, { messageId: 4242, token });
+    // Byte for byte the same datagram: same message id, CoAP token and sequence number.
+    const first = await coap.post(path, METER_FRAME, { messageId: 4242, token, seq: 1 });
+    const again = await coap.post(path, METER_FRAME, { messageId: 4242, token, seq: 1 });
     expect([first.code, again.code]).toEqual(['2.04', '2.04']);
     expect(again.packet.messageId).toBe(first.packet.messageId);
     await waitUntil(() => upstream.messages.length >= 1, 5000, 'record');
@@ -255,8 +266,7 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
 
   it('upstream outage: records wait in the buffer (pending on /status) and arrive on recovery', async () => {
     const g = await start();
-    const coap = new CoapTestClient('127.0.0.1', g.addresses().coap.port);
-    clients.push({ end: () => coap.close() });
+    const coap = await meterClient(g);
     await waitUntil(() => g.status().upstreams[0]!.connected, 5000, 'upstream connected');
     await upstream.stop();
     await waitUntil(() => !g.status().upstreams[0]!.connected, 5000, 'upstream seen down');
@@ -264,8 +274,9 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
       const r = await coap.post(`/topic/sys/${DEMO.meter.productKey}/${DEMO.meter.deviceName}/thing/model/up_raw`, METER_FRAME);
       expect(r.code).toBe('2.04');
     }
-    expect(g.status().buffer.pending).toBe(5);
-    expect(g.status().upstreams[0]!.pending).toBe(5);
+    // The 5 reports, and the meter's state record (offline -> online at its first report).
+    expect(g.status().buffer.pending).toBe(6);
+    expect(g.status().upstreams[0]!.pending).toBe(6);
     await upstream.start();
     await waitUntil(() => upstream.messages.length >= 5 && g.status().buffer.pending === 0, 10_000, 'backlog delivered');
     expect(new Set(upstream.records().map((r) => r.id)).size).toBe(5);
@@ -280,7 +291,8 @@ describe('gateway uplink (real servers, in-process aedes upstream)', () => {
       await device.publishAsync(topic, JSON.stringify({ id: String(i), params: { temperature: 20 + i } }), { qos: 1 });
     }
     device.end(true);
-    expect(first.status().buffer.pending).toBe(10);
+    // The 10 reports, and the sensor's state records: online at its login, offline at its disconnect.
+    await waitUntil(() => first.status().buffer.pending === 12, 5000, 'reports and state records pending');
     await first.stop();
     gw = null;
     await upstream.start();

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Gateway } from '../../src/gateway.js';
 import { CoapClient as CoapTestClient } from '../../simulators/lib/coap-client.js';
-import { connectDevice, DEMO, DEVICES_DIR, startGateway } from '../helpers/gateway.js';
+import { connectDevice, DEMO, deviceSecret, DEVICES_DIR, startGateway } from '../helpers/gateway.js';
 import { tempDir, TestUpstream, waitUntil } from '../helpers/index.js';
 
 type Child = GatewayProcess;
@@ -104,6 +104,7 @@ describe('wanwu start (child process)', () => {
     sensor.on('error', () => {});
     const coap = new CoapTestClient('127.0.0.1', ports.coap);
     cleanups.push(() => coap.close());
+    await coap.authenticate({ ...DEMO.meter, deviceSecret: await deviceSecret(DEMO.meter.productKey, DEMO.meter.deviceName) });
     const topic = `/sys/${DEMO.sensor.productKey}/${DEMO.sensor.deviceName}/thing/event/property/post`;
     const mqttLoop = (async () => {
       // Several publishes in flight at once, like a device pipelining QoS 1.

@@ -10,7 +10,7 @@ import { CoapClient } from '../../simulators/lib/coap-client.js';
 import { devicesAdd, devicesList, devicesRotateSecret, devicesSetStatus } from '../../src/commands/devices.js';
 import { createGateway, type Gateway } from '../../src/gateway.js';
 import { openDeviceStore, registryPaths } from '../../src/registry/store.js';
-import { connectDevice, DEVICES_DIR, gatewayConfig } from '../helpers/gateway.js';
+import { connectDevice, deviceSecret, DEVICES_DIR, gatewayConfig } from '../helpers/gateway.js';
 import { silentLogger, tempDir, TestUpstream, waitUntil } from '../helpers/index.js';
 
 // Water meter report, 14 bytes big endian (devices/WaterMeterNB/product.json):
@@ -65,6 +65,13 @@ describe('device registry on a running gateway', () => {
     closers.push(() => c.close());
     return c;
   };
+  /** A CoAP client authenticated as a water meter (the gateway requires it by default). */
+  const meter = async (deviceName: string, secret?: string) => {
+    const c = coap();
+    await c.authenticate({ productKey: 'WaterMeterNB', deviceName, deviceSecret: secret ?? (await deviceSecret('WaterMeterNB', deviceName)) });
+    return c;
+  };
+  const coapAuth = () => gw!.status().listeners.coap!.auth!;
   const device = async (productKey: string, deviceName: string, secret?: string) => {
     const d = await connectDevice(gw!.addresses().mqtt.port, productKey, deviceName, secret);
     closers.push(() => d.end(true));
@@ -79,7 +86,7 @@ describe('device registry on a running gateway', () => {
 
   it('a disabled device is refused on CoAP and MQTT with zero records; enabling it again works without a restart', async () => {
     const tracker = await device('TrackerCat1', 'tr-0002');
-    const c = coap();
+    const c = await meter('wm-0002');
     expect((await c.post(meterPath('wm-0002'), METER_FRAME)).code).toBe('2.04');
     await waitUntil(() => upstream.messages.length === 1, 5000, 'the first record');
 
@@ -88,16 +95,19 @@ describe('device registry on a running gateway', () => {
     await reloaded();
     const before = committed();
 
+    // Its token is still valid (it proves the secret), so the pipeline refuses it as disabled.
     const res = await c.post(meterPath('wm-0002'), METER_FRAME);
     expect(res.code).toBe('4.03');
     expect(res.payload.toString()).toContain('WANWU_ERR_DEVICE_DISABLED');
+    // And a new /auth of the disabled device is refused too.
+    await expect(meter('wm-0002')).rejects.toThrow(/answered 4\.03 WANWU_ERR_DEVICE_DISABLED/);
     await post(tracker, 'TrackerCat1', 'tr-0002', '1', { batteryLevel: 50 });
     await waitUntil(() => tracker.replies.length === 1, 5000, 'the Alink reply');
     expect(tracker.replies[0]).toMatchObject({ code: 6204, message: expect.stringContaining('disabled') }); // refused before decoding: no id
     // A new MQTT login of the disabled device is refused too: CONNACK 5, not authorized.
     await expect(connectDevice(gw!.addresses().mqtt.port, 'TrackerCat1', 'tr-0002')).rejects.toThrow(/Not authorized/i);
     // Other devices are not affected.
-    expect((await c.post(meterPath('wm-0003'), METER_FRAME)).code).toBe('2.04');
+    expect((await (await meter('wm-0003')).post(meterPath('wm-0003'), METER_FRAME)).code).toBe('2.04');
 
     expect(committed()).toBe(before + 1);
     expect(refused('WANWU_ERR_DEVICE_DISABLED')).toEqual({ coap: 1, mqtt: 1 });
@@ -144,11 +154,13 @@ describe('device registry on a running gateway', () => {
 
   it('an unknown device is refused on CoAP and MQTT with zero records', async () => {
     const before = committed();
+    // CoAP: no token can be had for it (/auth answers as for a bad sign), and a post without one gets 4.01.
+    await expect(meter('wm-9999', 'whatever')).rejects.toThrow(/answered 4\.01 WANWU_ERR_AUTH/);
     const res = await coap().post(meterPath('wm-9999'), METER_FRAME);
-    expect(res.code).toBe('4.04');
+    expect(res.code).toBe('4.01');
     await expect(connectDevice(gw!.addresses().mqtt.port, 'TrackerCat1', 'tr-9999', 'whatever')).rejects.toMatchObject({ code: 4 });
     expect(committed()).toBe(before);
-    expect(refused('WANWU_ERR_UNKNOWN_DEVICE').coap).toBe(1);
+    expect(coapAuth().refused).toMatchObject({ unknownDevice: 1, unauthenticated: 1 });
     expect(upstream.messages).toHaveLength(0);
   });
 
@@ -156,10 +168,10 @@ describe('device registry on a running gateway', () => {
     const added = devicesAdd({ ...ctx(), random: (n) => Buffer.alloc(n, 7) }, { product: 'TrackerCat1', device: 'tr-0100', json: true });
     const secret = JSON.parse(added.output).deviceSecret as string;
     expect(secret).toBe('07'.repeat(16));
-    const c = coap();
-    expect((await c.post(meterPath('wm-0100'), METER_FRAME)).code).toBe('4.04');
+    await expect(meter('wm-0100', 'meter-secret')).rejects.toThrow(/answered 4\.01/);
     devicesAdd(ctx(), { product: 'WaterMeterNB', device: 'wm-0100', secret: 'meter-secret' });
     await reloaded();
+    const c = await meter('wm-0100', 'meter-secret');
     expect((await c.post(meterPath('wm-0100'), METER_FRAME)).code).toBe('2.04');
     const tracker = await device('TrackerCat1', 'tr-0100', secret);
     await post(tracker, 'TrackerCat1', 'tr-0100', '1', { batteryLevel: 60 });
@@ -171,6 +183,14 @@ describe('device registry on a running gateway', () => {
     await expect(connectDevice(gw!.addresses().mqtt.port, 'TrackerCat1', 'tr-0100', secret)).rejects.toMatchObject({ code: 4 });
     const again = await device('TrackerCat1', 'tr-0100', rotated);
     expect(again.client.connected).toBe(true);
+    // On CoAP a rotated secret revokes the token issued for the old one: 4.01, then /auth with the new secret.
+    const meterSecret = JSON.parse(devicesRotateSecret(ctx(), { product: 'WaterMeterNB', device: 'wm-0100', json: true }).output).deviceSecret as string;
+    await reloaded();
+    const revoked = await c.post(meterPath('wm-0100'), METER_FRAME);
+    expect(revoked.code).toBe('4.01');
+    expect(revoked.payload.toString()).toContain('WANWU_ERR_TOKEN');
+    await expect(meter('wm-0100', 'meter-secret')).rejects.toThrow(/answered 4\.01/);
+    expect((await (await meter('wm-0100', meterSecret)).post(meterPath('wm-0100'), METER_FRAME)).code).toBe('2.04');
 
     await waitUntil(
       () => {

@@ -14,7 +14,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { coapLoad, mqttLoad, type LoadResult } from '../../simulators/lib/load.js';
 import { formatSideBySide, runSideBySide, startBareServer, type ServerUnderTest } from '../../simulators/bench/side-by-side.js';
 import { which } from '../../simulators/lib/mosquitto.js';
-import { DEVICES_DIR } from '../helpers/gateway.js';
+import { deviceSecret, DEVICES_DIR, startGateway } from '../helpers/gateway.js';
 import { tempDir } from '../helpers/index.js';
 
 const METER_FRAME = Buffer.from('010000303904d20e10000929ffa6', 'hex');
@@ -160,6 +160,36 @@ describe('load generators and the side-by-side bench', () => {
     expect(Math.abs(acksOfSeparate.size - r.errors['5.03']!)).toBeLessThanOrEqual(4);
   });
 
+  it('coapLoad against a gateway with the default configuration: a token per socket and rising sequence numbers; without them every request gets 4.01', async () => {
+    const work = tempDir('wanwu-load-auth-');
+    cleanups.push(() => work.cleanup());
+    const gw = await startGateway(work.path, [{ name: 'local', url: 'local' }]);
+    cleanups.push(() => gw.stop());
+    const port = gw.addresses().coap.port;
+    const meters = await Promise.all([1, 2, 3].map(async (n) => ({ productKey: 'WaterMeterNB', deviceName: `wm-000${n}`, deviceSecret: await deviceSecret('WaterMeterNB', `wm-000${n}`) })));
+    // Five sockets over three meters: two meters have two sockets, each with its own token (client id).
+    const auth = (i: number) => ({ ...meters[i % 3]!, clientId: `${meters[i % 3]!.deviceName}.s${i}` });
+    // 64 ids per port: the sockets rotate to new source ports during the run and keep their tokens.
+    const r = await coapLoad({ host: '127.0.0.1', port, sockets: 5, window: 4, durationMs: 800, idsPerSocket: 64, path: coapPath, payload: () => METER_FRAME, auth });
+    expect(r.sent).toBeGreaterThan(5 * 64);
+    expect(r.errors).toEqual({});
+    expect(r.acked).toBe(r.sent);
+    const a = gw.status().listeners.coap!.auth!;
+    // The /auth exchanges are not requests of the run: five tokens, and every request verified once.
+    expect(a).toMatchObject({ mode: 'required', issued: 5, verified: r.sent });
+    expect(Object.values(a.refused).reduce((x, y) => x + y, 0)).toBe(0);
+    expect(gw.status().ingest.records.coap).toBe(r.sent);
+
+    const plain = await coapLoad({ host: '127.0.0.1', port, sockets: 2, window: 2, durationMs: 200, path: coapPath, payload: () => METER_FRAME });
+    expect(plain.sent).toBeGreaterThan(0);
+    expect(plain.errors).toEqual({ '4.01': plain.sent });
+    expect(gw.status().ingest.records.coap).toBe(r.sent);
+    // A refused /auth fails the run before it starts.
+    await expect(coapLoad({ host: '127.0.0.1', port, sockets: 1, window: 1, durationMs: 100, path: coapPath, payload: () => METER_FRAME, auth: () => ({ ...meters[0]!, deviceSecret: 'wrong' }) })).rejects.toThrow(
+      /POST \/auth of WaterMeterNB\/wm-0001 answered 4\.01/,
+    );
+  });
+
   it('runs the whole comparison (1 s per server) and reports rates, errors and the ratios', { timeout: 60_000 }, async () => {
     const work = tempDir('wanwu-sbs-test-');
     cleanups.push(() => work.cleanup());
@@ -187,6 +217,8 @@ describe('load generators and the side-by-side bench', () => {
       expect(w.gateway!.rejected, name).toBe(0);
       expect(w.gateway!.deadLetters, name).toBe(0);
     }
+    // Wanwu CoAP authenticates (the default configuration): not one request was refused for it.
+    expect(Object.keys(s.rows[4]!.errors).filter((code) => code.startsWith('4.'))).toEqual([]);
     expect(s.ratios.mqtt).toBeCloseTo(s.rows[1]!.ratePerS / s.rows[0]!.ratePerS, 6);
     expect(s.ratios.coap).toBeCloseTo(s.rows[4]!.ratePerS / s.rows[3]!.ratePerS, 6);
     expect(s.targets.map((t) => t.target)).toEqual(['>= 0.8x', '>= 1.0x']);

@@ -68,8 +68,15 @@ describe('wanwu-sim fleet against an in-process gateway', () => {
     expect(ticks.length).toBeGreaterThanOrEqual(3);
     expect(verdict(r, 0).pass).toBe(true);
     // The gateway saw the same traffic.
-    const status = gw.status() as { ingest: { records: { total: number } } };
+    const status = gw.status();
     expect(status.ingest.records.total).toBe(r.endToEnd!.received);
+    // Every NB-IoT module authenticated once, at set-up, and kept its token across its wake-ups;
+    // the /auth exchanges are counted apart from the uplinks (sent and acked above are uplinks only).
+    expect(r.coapAuth).toMatchObject({ sent: 300, ok: 300, errors: {}, renewedAfter401: 0, latencyMs: { count: 300 } });
+    const auth = status.listeners.coap!.auth!;
+    expect(auth).toMatchObject({ mode: 'required', issued: 300, tokens: 300 });
+    expect(auth.verified).toBeGreaterThan(300);
+    expect(Object.values(auth.refused).reduce((a, b) => a + b, 0)).toBe(0);
   });
 
   it('counts injected faults by the gateway answer codes, and still loses nothing it accepted', async () => {
@@ -116,6 +123,50 @@ describe('wanwu-sim fleet against an in-process gateway', () => {
     expect(r.failed).toEqual({});
     expect(r.gateway!.rssBeforeBytes).toBeGreaterThan(0);
     expect(r.gateway!.rssAfterBytes).toBeGreaterThan(0);
+  });
+
+  it('authenticates again after 4.01 when the gateway drops tokens, and loses nothing', async () => {
+    // A second gateway that holds only 16 tokens for 24 modules: many uplinks find their token
+    // evicted, get 4.01, and the module authenticates again and resends.
+    const small = tempDir('wanwu-sim-tokens-');
+    const tight = await startGateway(small.path, [{ name: 'local', url: 'local' }], { devicesDir, coap: { host: '127.0.0.1', port: 0, auth: { maxTokens: 16 } } });
+    try {
+      const a = tight.addresses();
+      const r = await runFleet({
+        ...base,
+        coap: `coap://127.0.0.1:${a.coap.port}`,
+        mqtt: `mqtt://127.0.0.1:${a.mqtt.port}`,
+        upstream: { ...base.upstream!, url: `mqtt://127.0.0.1:${a.mqtt.port}` },
+        fleet: { nbiot: 24, cat1: 0, redcap: 0 },
+        rate: 60,
+        durationMs: 1500,
+      });
+      expect(r.errors).toEqual({});
+      expect(r.acked).toBe(r.sent);
+      expect(r.endToEnd!.lost).toBe(0);
+      const renewed = r.coapAuth!.renewedAfter401;
+      expect(renewed).toBeGreaterThan(5);
+      // One /auth per renewal, fewer when two uplinks of a module waited on the same one.
+      expect(r.coapAuth!.ok).toBeGreaterThan(24);
+      expect(r.coapAuth!.ok).toBeLessThanOrEqual(24 + renewed);
+      const auth = tight.status().listeners.coap!.auth!;
+      expect(auth.refused.unknownToken).toBe(renewed);
+      expect(auth.evicted).toBeGreaterThan(0);
+      expect(tight.status().ingest.records.coap).toBe(r.acked);
+    } finally {
+      await tight.stop();
+      small.cleanup();
+    }
+  });
+
+  it('--no-coap-auth sends plain uplinks, which a gateway with the default configuration refuses (4.01)', async () => {
+    const r = await runFleet({ ...base, fleet: { nbiot: 10, cat1: 0, redcap: 0 }, rate: 50, durationMs: 500, drainMs: 2000, coapAuth: false });
+    expect(r.coapAuth).toBeNull();
+    expect(r.sent).toBeGreaterThan(0);
+    expect(r.acked).toBe(0);
+    expect(r.errors).toEqual({ '4.01': r.sent });
+    expect(r.unexpectedSamples[0]).toMatchObject({ code: '4.01', message: expect.stringContaining('WANWU_ERR_TOKEN') });
+    expect(verdict(r, 0).pass).toBe(false);
   });
 
   describe('the wanwu-sim command line', () => {

@@ -10,7 +10,7 @@ import type { Gateway } from '../../src/gateway.js';
 import { signMqttLogin } from '../../src/registry/sign.js';
 import { DEMO, DEVICES_DIR, deviceSecret, startGateway } from '../helpers/gateway.js';
 import { tempDir, waitUntil } from '../helpers/index.js';
-import { missingTools, mustRunInterop, Mosquitto, run, skipInterop, tool } from './helpers.js';
+import { coapClientAuth, missingTools, mustRunInterop, Mosquitto, run, skipInterop, tool } from './helpers.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
@@ -94,8 +94,10 @@ describe.skipIf(skipInterop)('interop with mosquitto and libcoap', () => {
     const file = join(dir.path, 'frame.bin');
     writeFileSync(file, METER_FRAME);
     const before = received.length;
+    // POST /auth first, as the gateway requires by default; then the uplink with token and sequence number.
+    const meter = await coapClientAuth(`coap://127.0.0.1:${gw.addresses().coap.port}`, { productKey, deviceName, secret: await deviceSecret(productKey, deviceName) });
     const res = await run(tool('coap-client-notls'), [
-      '-m', 'post', '-t', 'application/octet-stream', '-f', file, '-B', '10',
+      '-m', 'post', '-t', 'application/octet-stream', '-f', file, '-B', '10', ...meter.args(),
       `coap://127.0.0.1:${gw.addresses().coap.port}/topic/sys/${productKey}/${deviceName}/thing/model/up_raw`,
     ]);
     expect(res.code).toBe(0);
@@ -114,8 +116,9 @@ describe.skipIf(skipInterop)('interop with mosquitto and libcoap', () => {
     const { productKey, deviceName } = DEMO.meter;
     const file = join(dir.path, 'short.bin');
     writeFileSync(file, METER_FRAME.subarray(0, 5));
+    const meter = await coapClientAuth(`coap://127.0.0.1:${gw.addresses().coap.port}`, { productKey, deviceName, secret: await deviceSecret(productKey, deviceName) });
     const res = await run(tool('coap-client-notls'), [
-      '-m', 'post', '-f', file, '-B', '10',
+      '-m', 'post', '-f', file, '-B', '10', ...meter.args(),
       `coap://127.0.0.1:${gw.addresses().coap.port}/topic/sys/${productKey}/${deviceName}/thing/model/up_raw`,
     ]);
     // libcoap prints the response code and the diagnostic payload.

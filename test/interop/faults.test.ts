@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { CoapClient } from '../../simulators/lib/coap-client.js';
 import { startGatewayProcess, writeConfigFile, type GatewayProcess } from '../../simulators/lib/gateway-process.js';
 import { runKill9Soak } from '../../simulators/soak/kill9.js';
-import { connectDevice, DEMO, DEVICES_DIR } from '../helpers/gateway.js';
+import { connectDevice, DEMO, deviceSecret, DEVICES_DIR } from '../helpers/gateway.js';
 import { tempDir, waitUntil } from '../helpers/index.js';
 import { freePort, Mosquitto, skipInterop } from './helpers.js';
 
@@ -170,6 +170,7 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
     expect(replies.filter((r) => r.code === 503)).toHaveLength(30);
     const coap = new CoapClient('127.0.0.1', ports.coap);
     cleanups.push(() => coap.close());
+    await coap.authenticate({ ...DEMO.meter, deviceSecret: await deviceSecret(DEMO.meter.productKey, DEMO.meter.deviceName) });
     const refused = await coap.post(METER_PATH, METER_FRAME);
     expect(refused.code).toBe('5.03');
     expect(refused.packet.options.find((o) => o.name === 'Max-Age')).toBeDefined();
@@ -238,6 +239,7 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
     const { gw, ports } = await gateway(dir, config(dir, join(mnt, 'w.db'), [{ name: 'up', url: broker.url }], { maxBytes: null }));
     const coap = new CoapClient('127.0.0.1', ports.coap);
     cleanups.push(() => coap.close());
+    await coap.authenticate({ productKey: DEMO.tracker.productKey, deviceName: 'tr-0003', deviceSecret: await deviceSecret(DEMO.tracker.productKey, 'tr-0003') });
     const trackerPath = `/topic/sys/${DEMO.tracker.productKey}/tr-0003/thing/event/property/post`;
     const post = (id: string) => coap.post(trackerPath, Buffer.from(JSON.stringify({ id, params: { speed: 1, batteryLevel: 50 } })), { timeoutMs: 3000 });
     expect((await post('e0')).code).toBe('2.04');

@@ -4,12 +4,11 @@
 // larger than the request (RFC 7252 §11.3). Raw dgram + coap-packet clients against an in-process
 // gateway, and against the listener alone where the test needs a clock.
 
-import { createHmac } from 'node:crypto';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generate, parse, type Option, type Packet, type ParsedPacket } from 'coap-packet';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RawCoapClient, type Received } from '../helpers/coap.js';
+import { authBody, authPacket as helperAuthPacket, OPT_SEQ, OPT_TOKEN, RawCoapClient, uint, type AuthFields, type Received } from '../helpers/coap.js';
 import { devicesSetStatus } from '../../src/commands/devices.js';
 import { createGateway, type Gateway } from '../../src/gateway.js';
 import { loadRegistry, type Device, type Registry } from '../../src/registry/index.js';
@@ -27,8 +26,6 @@ const METER_FRAME = Buffer.from('010012d68701f40e10000866ffa1', 'hex');
 const WM1 = { productKey: 'WaterMeterNB', deviceName: 'wm-0001', secret: 'demo-secret-WaterMeterNB-0001', iccid: '89861110000000000014' };
 const WM2 = { productKey: 'WaterMeterNB', deviceName: 'wm-0002', secret: 'demo-secret-WaterMeterNB-0002' };
 const TR1 = { productKey: 'TrackerCat1', deviceName: 'tr-0001' };
-const OPT_TOKEN = 2088;
-const OPT_SEQ = 2089;
 
 type Answer = Received;
 
@@ -48,64 +45,20 @@ const Client = {
   },
 };
 
-/** RFC 7252 §3.2 uint, minimal big-endian; written here, not imported, so the test checks the encoding. */
-function uint(v: number): Buffer {
-  const out: number[] = [];
-  for (let x = v; x > 0; x = Math.floor(x / 256)) out.unshift(x % 256);
-  return Buffer.from(out);
-}
-
 let nextMid = 1;
 function mid(): number {
   nextMid = (nextMid + 1) & 0xffff;
   return nextMid;
 }
 
-interface AuthFields {
-  productKey: string;
-  deviceName: string;
-  secret: string;
-  clientId?: string;
-  timestamp?: number;
-  signmethod?: 'hmacsha256' | 'hmacsha1' | 'hmacmd5';
-  iccid?: string;
-  seq?: number;
-  /** Replaces the computed sign. */
-  sign?: string;
-}
-
-/** The Alibaba CoAP /auth body; the sign is computed here from the documented content, independently of src/registry/sign.ts. */
-function authBody(f: AuthFields): Record<string, unknown> {
-  const clientId = f.clientId ?? f.deviceName;
-  const timestamp = String(f.timestamp ?? Date.now());
-  const signmethod = f.signmethod ?? 'hmacsha256';
-  const algo = { hmacsha256: 'sha256', hmacsha1: 'sha1', hmacmd5: 'md5' }[signmethod];
-  const sign = f.sign ?? createHmac(algo, f.secret).update(`clientId${clientId}deviceName${f.deviceName}productKey${f.productKey}timestamp${timestamp}`).digest('hex');
-  const body: Record<string, unknown> = { productKey: f.productKey, deviceName: f.deviceName, clientId, timestamp, signmethod, sign };
-  if (f.iccid !== undefined) body.iccid = f.iccid;
-  if (f.seq !== undefined) body.seq = f.seq;
-  return body;
-}
-
-function authPacket(body: Record<string, unknown> | Buffer, token = Buffer.from([0xa1, 0xa2])): Packet {
-  return {
-    code: 'POST',
-    confirmable: true,
-    messageId: mid(),
-    token,
-    options: [
-      { name: 'Uri-Path', value: Buffer.from('auth') },
-      { name: 'Content-Format', value: uint(50) },
-    ],
-    payload: Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body)),
-  };
+/** POST /auth (test/helpers/coap.ts) with this file's message ids. */
+function authPacket(body: Record<string, unknown> | Buffer, token?: Buffer): Packet {
+  return helperAuthPacket(body, token, mid());
 }
 
 /** POST /auth; returns the token on 2.05, else throws with the answer. */
 async function authenticate(c: RawCoapClient, f: AuthFields): Promise<string> {
-  const a = await c.request(authPacket(authBody(f)));
-  if (a.packet.code !== '2.05') throw new Error(`/auth answered ${a.packet.code} ${a.packet.payload.toString()}`);
-  return (JSON.parse(a.packet.payload.toString()) as { token: string }).token;
+  return (await c.authenticate(f)).token;
 }
 
 interface UplinkAuth {
@@ -329,10 +282,64 @@ describe('CoAP authentication on a gateway with coap.auth.mode "required"', () =
   });
 });
 
-describe('CoAP authentication with coap.auth.mode "optional" (the default of this release)', () => {
-  it('accepts posts without a token, verifies those with one, and warns at start', async () => {
+describe('CoAP authentication with the default configuration (no coap.auth given)', () => {
+  it('is required: a tokenless uplink gets 4.01 and commits nothing, an authenticated one is stored, and nothing is warned', async () => {
     const logger = recordingLogger();
     const g = await gateway(undefined, { logger });
+    expect(g.config.coap.auth.mode).toBe('required');
+    expect(g.auth().mode).toBe('required');
+    expect(logger.warnings.filter((w) => /CoAP|coap\.auth/.test(w.msg ?? ''))).toEqual([]);
+
+    const c = await g.client();
+    for (const dn of ['wm-0001', 'wm-0002']) {
+      const a = await c.request(meterPacket(dn));
+      expect(a.packet.code).toBe('4.01');
+      expect(text(a)).toMatch(/^WANWU_ERR_TOKEN /);
+    }
+    // NON too: refused before the pipeline, whatever the message type.
+    const non = await c.request({ ...meterPacket('wm-0001'), confirmable: false });
+    expect(non.packet.code).toBe('4.01');
+    expect(g.committed()).toBe(0);
+    expect(g.gw.status().ingest.accepted.total).toBe(0);
+    // Not dead-lettered either: anyone could fill the table.
+    expect(g.gw.status().buffer.deadLetters).toBe(0);
+    expect(g.auth().refused.unauthenticated).toBe(3);
+
+    const token = await authenticate(c, WM1);
+    expect((await c.request(meterPacket('wm-0001', { token, seq: 1 }))).packet.code).toBe('2.04');
+    expect(g.committed()).toBe(1);
+  });
+
+  it('still lets a product with "auth": "none" post without a token, warns about it at start, and guards every other product', async () => {
+    const dir = tempDir('wanwu-coap-auth-default-');
+    cleanups.push(() => dir.cleanup());
+    const devicesDir = join(dir.path, 'devices');
+    cpSync(DEVICES_DIR, devicesDir, { recursive: true });
+    const productFile = join(devicesDir, 'WaterMeterNB', 'product.json');
+    writeFileSync(productFile, JSON.stringify({ ...JSON.parse(readFileSync(productFile, 'utf8')), auth: 'none' }));
+    const logger = recordingLogger();
+    const g = await gateway(undefined, { devicesDir, logger });
+
+    // One warning, naming the product; none about the mode, which is the default "required".
+    expect(logger.warnings.filter((w) => w.msg?.includes('opts out of CoAP authentication')).map((w) => w.obj)).toEqual([{ productKey: 'WaterMeterNB', auth: 'none' }]);
+    expect(logger.warnings.some((w) => w.msg?.includes('coap.auth.mode'))).toBe(false);
+
+    const c = await g.client();
+    expect((await c.request(meterPacket('wm-0001'))).packet.code).toBe('2.04');
+    expect((await c.request(meterPacket('wm-0002'))).packet.code).toBe('2.04');
+    expect(g.committed()).toBe(2);
+    // Every other product keeps its guard.
+    const tracker = await c.request(meterPacket('tr-0001', {}, TR1.productKey));
+    expect(tracker.packet.code).toBe('4.01');
+    expect(g.committed()).toBe(2);
+    expect(g.auth()).toMatchObject({ mode: 'required', refused: { unauthenticated: 1 } });
+  });
+});
+
+describe('CoAP authentication with coap.auth.mode "optional" (set explicitly)', () => {
+  it('accepts posts without a token, verifies those with one, and warns at start', async () => {
+    const logger = recordingLogger();
+    const g = await gateway('optional', { logger });
     expect(g.auth().mode).toBe('optional');
     expect(logger.warnings.some((w) => w.msg?.includes('coap.auth.mode is "optional"'))).toBe(true);
     const c = await g.client();

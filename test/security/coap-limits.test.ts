@@ -14,7 +14,7 @@ import { createMetricsRegistry, type StatusSources } from '../../src/status/inde
 import { createCoapListener, type CoapLimits, type CoapListener } from '../../src/transport/coap/index.js';
 import { createListener, type CoapTuning } from '../../src/transport/coap/listener.js';
 import type { IngestOutcome, RawMessage } from '../../src/types.js';
-import { DEMO, getJson, startGateway } from '../helpers/gateway.js';
+import { DEMO, deviceSecret, getJson, startGateway } from '../helpers/gateway.js';
 import { silentLogger, tempDir, waitUntil } from '../helpers/index.js';
 
 const T0 = 1_750_000_000_000;
@@ -550,6 +550,8 @@ describe('refusals on /status and /metrics', () => {
     const { coap, http } = gateway.addresses();
     const client = await Client.open(coap.port);
     const { productKey, deviceName } = DEMO.tracker;
+    // The gateway requires CoAP authentication by default: every block carries the token and a sequence number.
+    const device = await client.authenticate({ productKey, deviceName, secret: await deviceSecret(productKey, deviceName) });
     const path = propertyPost(productKey, deviceName);
     const body = Buffer.from(
       JSON.stringify({ id: '2001', version: '1.0', method: 'thing.event.property.post', params: { longitude: 121.4737, latitude: 31.2304, speed: 42.5, workMode: 0 } }),
@@ -558,17 +560,17 @@ describe('refusals on /status and /metrics', () => {
     let last: Answer | undefined;
     for (let n = 0; n < blocks; n++) {
       const more = n < blocks - 1;
-      last = await client.request(post(10 + n, path, body.subarray(n * 64, n * 64 + 64), { block1: block(n, more, 2), size1: body.length }));
+      last = await client.request(post(10 + n, path, body.subarray(n * 64, n * 64 + 64), { block1: block(n, more, 2), size1: body.length, extra: device.options() }));
       expect(last.packet.code).toBe(more ? '2.31' : '2.04');
     }
     expect(JSON.parse(last!.packet.payload.toString())).toEqual({ id: '2001', code: 200, data: {}, message: 'success' });
 
-    expect((await client.request(post(20, path, Buffer.alloc(16), { block1: block(1048575, true, 0) }))).packet.code).toBe('4.13');
-    expect((await client.request(post(21, path, Buffer.alloc(16), { block1: block(0, true, 7) }))).packet.code).toBe('4.00');
-    expect((await client.request(post(22, path, Buffer.alloc(16), { block1: block(5, true, 0) }))).packet.code).toBe('4.08');
-    // An unknown device, refused by the pipeline: the answer is no larger than the request.
+    expect((await client.request(post(20, path, Buffer.alloc(16), { block1: block(1048575, true, 0), extra: device.options() }))).packet.code).toBe('4.13');
+    expect((await client.request(post(21, path, Buffer.alloc(16), { block1: block(0, true, 7), extra: device.options() }))).packet.code).toBe('4.00');
+    expect((await client.request(post(22, path, Buffer.alloc(16), { block1: block(5, true, 0), extra: device.options() }))).packet.code).toBe('4.08');
+    // A device without a token is refused before the pipeline (4.01), and the answer is no larger than the request.
     const unknown = await client.request(post(23, upRaw(DEMO.meter.productKey, 'nobody'), Buffer.alloc(0), { token: Buffer.alloc(0) }));
-    expect(unknown.packet.code).toBe('4.04');
+    expect(unknown.packet.code).toBe('4.01');
     expect(unknown.raw.length).toBeLessThanOrEqual(unknown.sent.length);
 
     const status = (await getJson(http.port, '/status')).body;
@@ -592,9 +594,11 @@ describe('refusals on /status and /metrics', () => {
     });
     const client = await Client.open(gateway.addresses().coap.port);
     const frame = Buffer.from('010000303904d20e10000929ffa6', 'hex');
-    const path = upRaw(DEMO.meter.productKey, DEMO.meter.deviceName);
-    expect((await client.request(post(1, path, frame))).packet.code).toBe('2.04');
-    expect((await client.request(post(2, path, frame))).packet.code).toBe('4.29');
+    const { productKey, deviceName } = DEMO.meter;
+    const device = await client.authenticate({ productKey, deviceName, secret: await deviceSecret(productKey, deviceName) });
+    const path = upRaw(productKey, deviceName);
+    expect((await client.request(post(1, path, frame, { extra: device.options() }))).packet.code).toBe('2.04');
+    expect((await client.request(post(2, path, frame, { extra: device.options() }))).packet.code).toBe('4.29');
     expect((await getJson(gateway.addresses().http.port, '/status')).body.listeners.coap.refused.rateLimitedDevice).toBe(1);
   });
 

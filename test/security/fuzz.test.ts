@@ -21,7 +21,7 @@ import {
   type FuzzCorpus,
   type FuzzRunOptions,
 } from '../../simulators/lib/fuzz.js';
-import { connectDevice, DEMO, DEVICES_DIR, getJson, startGateway } from '../helpers/gateway.js';
+import { connectDevice, DEMO, deviceSecret, DEVICES_DIR, getJson, startGateway } from '../helpers/gateway.js';
 import { tempDir } from '../helpers/index.js';
 
 /** Fixed in CI so a failure reproduces; WANWU_FUZZ_SEED explores other inputs locally. */
@@ -181,9 +181,10 @@ describe('fuzzing the MQTT and CoAP listeners', () => {
     } finally {
       device.end(true);
     }
-    // ... a CoAP CON POST of the water meter gets 2.04 ...
+    // ... an authenticated CoAP CON POST of the water meter gets 2.04 ...
     const coap = new CoapClient('127.0.0.1', a.coap.port);
     try {
+      await coap.authenticate({ ...DEMO.meter, deviceSecret: await deviceSecret(DEMO.meter.productKey, DEMO.meter.deviceName) });
       const res = await coap.post(`/topic/sys/${DEMO.meter.productKey}/${DEMO.meter.deviceName}/thing/model/up_raw`, METER_FRAME, { confirmable: true });
       expect(res.code).toBe('2.04');
     } finally {

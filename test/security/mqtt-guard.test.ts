@@ -121,6 +121,26 @@ describe('PacketGuard (fixed header, [MQTT-2.2.3])', () => {
     const sub = generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'a/'.repeat(600), qos: 0 }] });
     expect(run({ maxPacketBytes: 1024, truncatePublishTo: 4096 }, [sub]).refusal).toBe('packetTooLarge');
   });
+
+  it('reports each PUBACK packet identifier and a DISCONNECT (what command delivery and presence use), however the stream is cut', () => {
+    // A PUBLISH whose body holds PUBACK-like bytes, PUBACKs for ids 0x0102 and 0xfffe, a PUBREC
+    // (same shape, not a PUBACK), then DISCONNECT.
+    const bytes = Buffer.concat([
+      generate({ cmd: 'publish', topic: 't', payload: Buffer.from([0x40, 0x02, 0x00, 0x07]), qos: 1, messageId: 5, retain: false, dup: false }),
+      generate({ cmd: 'puback', messageId: 0x0102 }),
+      generate({ cmd: 'pubrec', messageId: 3 }),
+      generate({ cmd: 'puback', messageId: 0xfffe }),
+      generate({ cmd: 'disconnect' }),
+    ]);
+    for (const chunks of splits(bytes)) {
+      const events: string[] = [];
+      const guard = new PacketGuard(OPEN, { puback: (id) => events.push(`puback ${id}`), disconnect: () => events.push('disconnect') });
+      const out: Buffer[] = [];
+      for (const c of chunks) expect(guard.feed(c, (b) => out.push(Buffer.from(b)))).toBeNull();
+      expect(events).toEqual(['puback 258', 'puback 65534', 'disconnect']);
+      expect(Buffer.concat(out).equals(bytes)).toBe(true);
+    }
+  });
 });
 
 describe('identifier and topic checks', () => {

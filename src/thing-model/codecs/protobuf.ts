@@ -8,6 +8,14 @@
 //   "messages": {"up_raw": "...", "property": "...", "event:harshBraking": "..."}
 // Fields map to TSL identifiers by their .proto names (parsed with keepCase); "fields" renames,
 // flattens ("gps.lat": "latitude") or skips (null) them.
+// Commands (encodeCommand, sent on down_raw) name one message per Alink method, optionally after a
+// type byte so that the device can tell them apart:
+//   "downlink": {"thing.service.property.set": "pkg.SetProperties",
+//                "thing.service.reboot": {"message": "pkg.Reboot", "typeByte": 3}}
+// Its fields map to the rw properties (property set) or the service's inputData. Without
+// `downlink` the codec has no encodeCommand and commands go out as Alink JSON (an MQTT device that
+// posts protobuf may well read Alink JSON on the service topics); with it, a method it does not
+// name is refused at submission. The frame carries no Alink message id.
 //
 // Everything is resolved at load: the .proto files are read and parsed once, every message gets a
 // plan (one slot per field: identifier, presence rule, value converter) checked against the thing
@@ -20,7 +28,7 @@ import { WanwuError } from '../../errors.js';
 import type { UplinkRoute } from '../../types.js';
 import { keyPath, show, type DefinitionReader, type JsonObject } from '../check.js';
 import type { ThingModel, TslDataType } from '../tsl.js';
-import type { Codec, DecodeEnvelope, DecodedItem, EncodeInput } from '../types.js';
+import type { Codec, CommandMessage, DecodeEnvelope, DecodedItem, EncodeInput } from '../types.js';
 import { alinkMethod, createAlinkJsonCodec, decodeAlinkJson } from './alink-json.js';
 import type { CodecContext } from './index.js';
 
@@ -85,7 +93,11 @@ type Selector =
       readonly bytes: readonly number[];
     };
 
-const CODEC_KEYS = ['type', 'proto', 'message', 'typeByte', 'messages', 'events', 'fields'] as const;
+const CODEC_KEYS = ['type', 'proto', 'message', 'typeByte', 'messages', 'events', 'fields', 'downlink'] as const;
+const DOWNLINK_KEYS = ['message', 'typeByte'] as const;
+const PROPERTY_SET_METHOD = 'thing.service.property.set';
+// As src/downlink/build.ts accepts it.
+const SERVICE_METHOD = /^thing\.service\.([A-Za-z0-9_:\-]{1,128})$/;
 const TYPE_BYTE_KEYS = ['offset', 'messages'] as const;
 // TSL identifiers; `block:id` names a feature of an Alibaba custom module (see tsl.ts).
 const IDENTIFIER = /^(?!__proto__$)[A-Za-z0-9_:]{1,257}$/;
@@ -706,6 +718,15 @@ export interface ProtobufCodecOptions {
   productKey: string;
   /** up_raw, property-post, and event-post selectors ("event:<id>" keys); routes without one are Alink JSON. */
   routes: ReadonlyMap<string, Selector>;
+  /** codec.downlink: Alink method -> the message that carries it. Absent: no encodeCommand. */
+  commands?: ReadonlyMap<string, Command>;
+}
+
+/** One `downlink` entry: the message a method's params are encoded in, after an optional type byte. */
+interface Command {
+  readonly message: string;
+  readonly plan: Plan;
+  readonly typeByte: number | undefined;
 }
 
 /** The `messages` key of a route; other Alink routes (pack/batch posts) have none and stay Alink JSON. */
@@ -745,11 +766,31 @@ function decodeWith(b: Binding, payload: Uint8Array, at: number): DecodedItem {
 }
 
 function createProtobufCodec(opts: ProtobufCodecOptions): Codec {
-  const { productKey, routes } = opts;
+  const { productKey, routes, commands } = opts;
   const alink = createAlinkJsonCodec({ productKey });
   const hexByte = (n: number): string => `0x${n.toString(16).padStart(2, '0')}`;
 
+  const encodeCommand = (message: CommandMessage): Buffer => {
+    const { method } = message;
+    const c = commands?.get(method);
+    if (c === undefined) {
+      throw new WanwuError('WANWU_ERR_COMMAND', `no downlink message for ${method} in ${productKey}'s codec.downlink (it has ${[...(commands?.keys() ?? [])].join(', ')}); send the bytes as raw instead`, {
+        detail: { method, reason: 'no-layout' },
+      });
+    }
+    let body: Buffer;
+    try {
+      body = encodeWith(c, message.params);
+    } catch (err) {
+      if (!(err instanceof WanwuError) || err.code !== 'WANWU_ERR_INVALID') throw err;
+      throw new WanwuError('WANWU_ERR_COMMAND', `${method}: ${err.message}`, { detail: { ...err.detail, method }, cause: err });
+    }
+    if (c.typeByte === undefined) return body;
+    return Buffer.concat([Buffer.of(c.typeByte), body]);
+  };
+
   return {
+    ...(commands === undefined ? {} : { encodeCommand }),
     type: 'protobuf',
     decode(route: UplinkRoute, payload: Buffer, envelope: DecodeEnvelope): DecodedItem[] {
       const sel = routes.get(routeKey(route));
@@ -790,7 +831,7 @@ function createProtobufCodec(opts: ProtobufCodecOptions): Codec {
         if (!fits(sel.binding)) {
           throw new WanwuError('WANWU_ERR_INVALID', `${routeKey(route)} carries ${describe(sel.binding)}, not ${what}`, { detail: { kind: item.kind, event: item.event } });
         }
-        return encodeWith(sel.binding, item);
+        return encodeWith(sel.binding, item.data);
       }
       // The first type byte whose message is of the item's kind and carries all of its identifiers.
       let firstError: WanwuError | undefined;
@@ -798,7 +839,7 @@ function createProtobufCodec(opts: ProtobufCodecOptions): Codec {
         const b = sel.table[byte]!;
         if (!fits(b)) continue;
         try {
-          const body = encodeWith(b, item);
+          const body = encodeWith(b, item.data);
           const frame = Buffer.alloc(sel.offset + 1 + body.length);
           frame[sel.offset] = byte;
           body.copy(frame, sel.offset + 1);
@@ -816,8 +857,8 @@ function describe(b: Binding): string {
   return b.kind === 'event' ? `${b.message} (event ${b.event})` : `${b.message} (properties)`;
 }
 
-function encodeWith(b: Binding, item: EncodeInput): Buffer {
-  const obj = build(b.plan, item.data, '');
+function encodeWith(b: { readonly plan: Plan }, data: Msg): Buffer {
+  const obj = build(b.plan, data, '');
   const bytes = b.plan.type.encode(obj).finish();
   return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
@@ -902,6 +943,48 @@ export function protobufCodecFromJson(options: JsonObject, ctx: CodecContext): C
     }
   }
 
+  // downlink: {method: "pkg.Msg" | {"message", "typeByte"?}}.
+  interface DownUse {
+    method: string;
+    type: protobuf.Type;
+    at: string;
+    typeByte: number | undefined;
+  }
+  const downUses: DownUse[] = [];
+  if (options.downlink !== undefined) {
+    const dlAt = keyPath(at, 'downlink');
+    const dl = r.object(options.downlink, dlAt);
+    if (Object.keys(dl).length === 0) r.fail(dlAt, 'needs at least one method');
+    const bytes = new Map<number, string>();
+    for (const [method, value] of Object.entries(dl)) {
+      const mAt = sub(dlAt, method);
+      const m = SERVICE_METHOD.exec(method);
+      if (method !== PROPERTY_SET_METHOD && (!m || m[1] === 'property')) r.fail(mAt, 'a method is "thing.service.property.set" or "thing.service.{serviceId}"');
+      let name: unknown = value;
+      let typeByte: number | undefined;
+      let nameAt = mAt;
+      if (typeof value === 'object' && value !== null) {
+        const o = r.object(value, mAt);
+        r.onlyKeys(o, mAt, DOWNLINK_KEYS);
+        name = o.message;
+        nameAt = keyPath(mAt, 'message');
+        if (o.typeByte !== undefined) {
+          const tbAt = keyPath(mAt, 'typeByte');
+          typeByte = r.integer(o.typeByte, tbAt, { min: 0, max: 255 });
+          const other = bytes.get(typeByte);
+          if (other !== undefined) r.fail(tbAt, `${typeByte} is also the type byte of ${other}`);
+          bytes.set(typeByte, method);
+        }
+      }
+      const type = lookup(name, nameAt);
+      downUses.push({ method, type, at: nameAt, typeByte });
+      // After `events` (a command is no event), before `fields` (which may map a command's fields).
+      usedMessages.add(type.fullName.slice(1));
+    }
+    // Either every command has a type byte or none: a device could not tell a bare message from a typed one.
+    if (bytes.size > 0 && bytes.size !== downUses.length) r.fail(dlAt, 'give every method a "typeByte", or none');
+  }
+
   // fields: {path: id|null} for the only message, or {message: {path: id|null}}.
   const overrides = new Map<string, { map: Map<string, string | null>; at: string }>();
   if (options.fields !== undefined) {
@@ -979,7 +1062,43 @@ export function protobufCodecFromJson(options: JsonObject, ctx: CodecContext): C
     const bytes = table.flatMap((b, i) => (b === undefined ? [] : [i]));
     routes.set('up_raw', { by: 'typeByte', offset: typeByte.offset, table, bytes });
   }
-  return createProtobufCodec({ productKey: ctx.productKey, routes });
+  if (downUses.length === 0) return createProtobufCodec({ productKey: ctx.productKey, routes });
+
+  // Downlink plans: fields map to the rw properties (property set) or the service's inputData.
+  const commands = new Map<string, Command>();
+  for (const u of downUses) {
+    const message = u.type.fullName.slice(1);
+    const ov = overrides.get(message);
+    let where = 'an rw property';
+    let targets: Map<string, Target> | null = null;
+    if (u.method === PROPERTY_SET_METHOD) {
+      if (model) targets = targetsOf(model.properties.filter((p) => p.accessMode === 'rw'));
+    } else {
+      const serviceId = SERVICE_METHOD.exec(u.method)![1]!;
+      where = `an input of service ${serviceId}`;
+      if (model) {
+        const service = model.services.find((s) => s.method === u.method) ?? model.services.find((s) => s.identifier === serviceId && (s.method === undefined || s.method === u.method));
+        if (!service) r.fail(sub(keyPath(at, 'downlink'), u.method), `"${serviceId}" is not a service in model.json`);
+        const props = new Map(model.properties.map((p) => [p.identifier, p]));
+        // A string input names a property (Alibaba's `set` service lists them that way).
+        targets = targetsOf(service.inputData.flatMap((d) => (typeof d === 'string' ? (props.has(d) ? [props.get(d)!] : []) : [d])));
+      }
+    }
+    const cctx: CompileContext = {
+      r,
+      at: u.at,
+      fieldsAt: ov?.at ?? (usedMessages.size === 1 ? keyPath(at, 'fields') : sub(keyPath(at, 'fields'), message)),
+      where,
+      overrides: ov?.map ?? new Map(),
+    };
+    if (!checked.has(message)) {
+      checkOverridePaths(cctx, u.type);
+      checked.add(message);
+    }
+    const plan = compilePlan(cctx, u.type, '', '', targets, false, new Map(), [u.type]);
+    commands.set(u.method, { message, plan, typeByte: u.typeByte });
+  }
+  return createProtobufCodec({ productKey: ctx.productKey, routes, commands });
 }
 
 function itemTargets(model: ThingModel, kind: 'property' | 'event', event: string | undefined): Map<string, Target> {

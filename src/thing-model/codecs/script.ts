@@ -11,16 +11,24 @@
 //     holds its output data) and `time` (device time, ms since the epoch or a Date). encode
 //     passes them back the same way: {data, variables, event?, time?}. A non-empty `errors`
 //     refuses the payload with the first error; `warnings` are ignored.
+//     encodeCommand (a command to the device) calls encodeDownlink({data: params, variables,
+//     method, id}): `data` is what ChirpStack passes (the object the application queued), and
+//     the Alink `method` ("thing.service.property.set", "thing.service.{id}") and message `id`
+//     are added beside it, so a script tells a command from the uplink form by `method`.
 // (b) Alibaba IoT: rawDataToProtocol(bytes: number[], Java-style signed -128..127) returns an
 //     Alink message {id, version, method, params}: method thing.event.property.post (params as in
 //     Alink JSON, {value, time} allowed) or thing.event.{eventId}.post ({value: {...}, time?});
 //     `id` becomes the record's msgId. encode calls protocolToRawData(message) with the same
-//     message and takes the byte array it returns.
+//     message and takes the byte array it returns. encodeCommand calls protocolToRawData with the
+//     Alink downlink message {id, version: "1.0", method, params}, method
+//     "thing.service.property.set" or "thing.service.{id}": what Alibaba IoT passes it for a
+//     property set or a service call (its sample script switches on method).
 //
 // Script faults are the product's, not the gateway's, but they are triggered by a payload and
 // the payload is kept as a dead letter (to replay once the script is fixed), so decode reports
 // them as WANWU_ERR_MALFORMED with detail.reason threw | errors | shape | timeout; encode
-// reports them as WANWU_ERR_INVALID. A broken file (syntax, top-level exception, neither
+// reports them as WANWU_ERR_INVALID, and encodeCommand as WANWU_ERR_COMMAND (the command is
+// refused at submission, with the script's own message). A broken file (syntax, top-level exception, neither
 // function defined) is WANWU_ERR_PRODUCT at load, naming the file and line.
 // Alink JSON posts to a script product are still Alink JSON, as for the binary codec.
 
@@ -29,7 +37,7 @@ import path from 'node:path';
 import { WanwuError, type ErrorCode } from '../../errors.js';
 import type { UplinkRoute } from '../../types.js';
 import { keyPath, show, type JsonObject } from '../check.js';
-import type { Codec, DecodeEnvelope, DecodedItem, EncodeInput } from '../types.js';
+import type { Codec, CommandMessage, DecodeEnvelope, DecodedItem, EncodeInput } from '../types.js';
 import { createAlinkJsonCodec, decodeAlinkJson, PROPERTY_POST_METHOD } from './alink-json.js';
 import type { CodecContext } from './index.js';
 import { LoadedScript, scriptSandbox, type CallResult, type ScriptFault } from './sandbox.js';
@@ -126,6 +134,21 @@ export function createScriptCodec(opts: ScriptCodecOptions): Codec {
       const result = script.encode(input, budget);
       if (!result.ok) throw callError('WANWU_ERR_INVALID', encodeName, result);
       if (!('bytes' in result)) throw shapeError('WANWU_ERR_INVALID', encodeName, 'no bytes');
+      return result.bytes;
+    },
+    // Defined even when the script has no encoder: without encodeCommand the device would get
+    // Alink JSON, which a device that needs a codec script cannot read; the command is refused.
+    encodeCommand(message: CommandMessage): Buffer {
+      if (!script.info.encode) {
+        throw new WanwuError('WANWU_ERR_COMMAND', `${name} defines no ${encodeName}, so commands to ${opts.productKey ?? 'this product'} cannot be encoded; send the bytes as raw instead`, {
+          detail: { script: name, function: encodeName, reason: 'missing', method: message.method },
+        });
+      }
+      const { id, version, method, params } = message;
+      const input = alibaba ? JSON.stringify({ id, version, method, params }) : JSON.stringify({ data: params, method, id });
+      const result = script.encode(input, budget);
+      if (!result.ok) throw callError('WANWU_ERR_COMMAND', encodeName, result);
+      if (!('bytes' in result)) throw shapeError('WANWU_ERR_COMMAND', encodeName, 'no bytes');
       return result.bytes;
     },
   };

@@ -11,8 +11,9 @@
 // Identity comes from the token, never from the source address or port, so a module whose NAT
 // binding changed between wake-ups keeps its token. The token only proves that whoever asked for it
 // knew the device secret: it travels in clear, like Alibaba's, so an on-path observer could use it
-// (the sequence number stops replays of captured datagrams, not that). Payload encryption with the
-// `random` of the answer is a later landing.
+// (the sequence number stops replays of captured datagrams, not that). A product with
+// "coapEncryption" (encryption.ts) also gets its payloads and sequence numbers encrypted with a key
+// from the device secret and the answer's `random`: derived here once per token, kept with it.
 //
 // Memory is bounded: tokens (coap.auth.maxTokens, oldest dropped first) and /auth signs already used
 // (same cap) live in insertion-ordered Maps swept by the listener's maintenance timer.
@@ -21,6 +22,7 @@ import { randomBytes } from 'node:crypto';
 import { WanwuError } from '../../errors.js';
 import { checkCard, deviceRefusal, type Registry } from '../../registry/index.js';
 import { SIGN_METHODS, verifySign, type SignMethod } from '../../registry/sign.js';
+import { decryptSeq, deriveKey } from './encryption.js';
 import { decodeUint } from './protocol.js';
 
 /** Alibaba IoT's CoAP option numbers: the token (2088) and the sequence number (2089). Both elective (even, RFC 7252 §5.4.1). */
@@ -32,7 +34,7 @@ export const AUTH_PATH_SEGMENT = 'auth';
 export const AUTH_MAX_BODY_BYTES = 512;
 /** Token size: 128 random bits, sent as 22 base64url characters (or accepted as the 16 raw bytes). */
 const TOKEN_BYTES = 16;
-/** Bytes of the `random` in the answer (hex), reserved for the payload-encryption mode. */
+/** Bytes of the `random` in the answer (hex): 16 hex digits, as in Alibaba's example answer (encryption.ts [doc]). */
 const RANDOM_BYTES = 8;
 
 export type CoapAuthMode = 'required' | 'optional';
@@ -66,7 +68,8 @@ export const AUTH_REFUSAL_REASONS = [
   'unknownToken', // token never issued, dropped at the cap, or revoked (device removed, secret rotated) (4.01)
   'tokenExpired', // token older than coap.auth.tokenTtlS (4.01)
   'tokenMismatch', // token of one device on another device's path (4.03)
-  'unauthenticated', // no token while coap.auth.mode is 'required' (4.01)
+  'unauthenticated', // no token while coap.auth.mode is 'required', or for a product with coapEncryption (4.01)
+  'undecryptable', // coapEncryption: sequence number or payload does not decrypt with the token's key (4.01)
 ] as const;
 export type AuthRefusalReason = (typeof AUTH_REFUSAL_REASONS)[number];
 
@@ -86,6 +89,17 @@ export interface CoapAuthStats {
 
 export type AuthRefusal = { ok: false; reason: AuthRefusalReason; error: WanwuError };
 
+/**
+ * An uplink that may proceed. accept() consumes its sequence number once the request is taken.
+ * `key`: the product has coapEncryption; the payload is decrypted with it (and refused as
+ * 'undecryptable' when it does not) and every answer from then on is encrypted with it.
+ */
+export interface AuthVerdict {
+  ok: true;
+  accept(): void;
+  key: Buffer | undefined;
+}
+
 /** A verified /auth, not yet issued (the listener first checks that the answer fits, RFC 7252 §11.3). */
 export interface AuthGrant {
   productKey: string;
@@ -98,6 +112,8 @@ export interface AuthGrant {
   secret: string;
   signKey: string;
   signExpiresAt: number;
+  /** The AES key (encryption.ts) when the product has coapEncryption; the answer then carries seqOffset too. */
+  key?: Buffer;
 }
 
 interface Session {
@@ -107,6 +123,8 @@ interface Session {
   secret: string;
   expiresAt: number;
   lastSeq: number;
+  /** coapEncryption: the key derived at /auth, so no request pays for the derivation. */
+  key: Buffer | undefined;
 }
 
 interface AuthBody {
@@ -175,20 +193,20 @@ export class CoapAuthenticator {
         return this.refuse('cardMismatch', mismatch);
       }
     }
-    return {
-      ok: true,
-      grant: {
-        productKey,
-        deviceName,
-        token: this.random(TOKEN_BYTES).toString('base64url'),
-        random: this.random(RANDOM_BYTES).toString('hex'),
-        expiresInS: this.opts.tokenTtlS,
-        lastSeq: parsed.seq ?? -1,
-        secret: device.deviceSecret,
-        signKey,
-        signExpiresAt: Math.max(t, ts) + windowMs,
-      },
+    const random = this.random(RANDOM_BYTES).toString('hex');
+    const grant: AuthGrant = {
+      productKey,
+      deviceName,
+      token: this.random(TOKEN_BYTES).toString('base64url'),
+      random,
+      expiresInS: this.opts.tokenTtlS,
+      lastSeq: parsed.seq ?? -1,
+      secret: device.deviceSecret,
+      signKey,
+      signExpiresAt: Math.max(t, ts) + windowMs,
     };
+    if (product.coapEncryption !== undefined) grant.key = deriveKey(device.deviceSecret, random);
+    return { ok: true, grant };
   }
 
   /** Stores a granted token (dropping the oldest at the cap) and remembers its sign. */
@@ -205,6 +223,7 @@ export class CoapAuthenticator {
       secret: grant.secret,
       expiresAt: t + grant.expiresInS * 1000,
       lastSeq: grant.lastSeq,
+      key: grant.key,
     });
     if (this.opts.timestampWindowS > 0) {
       while (this.usedSigns.size >= this.opts.maxTokens) this.usedSigns.delete(this.usedSigns.keys().next().value as string);
@@ -213,9 +232,13 @@ export class CoapAuthenticator {
     this.counters.issued++;
   }
 
-  /** The 2.05 body of a grant: `{"token","expiresIn","random"}`. */
+  /**
+   * The 2.05 body of a grant: `{"token","expiresIn","random"}`, plus `"seqOffset"` for a product with
+   * coapEncryption: the first sequence number accepted (encryption.ts explains the choice).
+   */
   static answer(grant: AuthGrant): Buffer {
-    return Buffer.from(`{"token":"${grant.token}","expiresIn":${grant.expiresInS},"random":"${grant.random}"}`);
+    const seqOffset = grant.key === undefined ? '' : `,"seqOffset":${grant.lastSeq + 1}`;
+    return Buffer.from(`{"token":"${grant.token}","expiresIn":${grant.expiresInS},"random":"${grant.random}"${seqOffset}}`);
   }
 
   /**
@@ -226,9 +249,14 @@ export class CoapAuthenticator {
    * consumes the sequence number: a retransmission of a request refused later, e.g. with 5.03, gets
    * that refusal again rather than a replay refusal.
    */
-  verify(target: { productKey: string; deviceName: string }, token: Buffer | undefined, seq: Buffer | undefined, continuation: boolean): { ok: true; accept(): void } | AuthRefusal {
+  verify(target: { productKey: string; deviceName: string }, token: Buffer | undefined, seq: Buffer | undefined, continuation: boolean): AuthVerdict | AuthRefusal {
     if (token === undefined) {
-      if (this.opts.mode === 'optional' || this.opts.registry.product(target.productKey)?.auth === 'none') return PASS;
+      const product = this.opts.registry.product(target.productKey);
+      // An encrypting product's payload needs its token's key, whatever the mode.
+      if (product?.coapEncryption !== undefined) {
+        return this.refuse('unauthenticated', new WanwuError('WANWU_ERR_TOKEN', `no token for a product with coapEncryption (CoAP option 2088): authenticate with POST /auth for the key of ${target.productKey}'s payloads`));
+      }
+      if (this.opts.mode === 'optional' || product?.auth === 'none') return PASS;
       return this.refuse('unauthenticated', new WanwuError('WANWU_ERR_TOKEN', 'no token (CoAP option 2088): authenticate with POST /auth'));
     }
     // The token as the answer gave it (22 base64url characters), or its 16 raw bytes.
@@ -247,9 +275,15 @@ export class CoapAuthenticator {
     if (session.productKey !== target.productKey || session.deviceName !== target.deviceName) {
       return this.refuse('tokenMismatch', new WanwuError('WANWU_ERR_FORBIDDEN', `the token belongs to another device than ${target.productKey}/${target.deviceName}`));
     }
-    // RFC 7252 §3.2 uint of at most 4 bytes; §5.4.5: only the first occurrence counts (the caller passes it).
-    const n = seq === undefined ? Number.NaN : decodeUint(seq);
-    if (Number.isNaN(n)) return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', 'a token needs a sequence number (CoAP option 2089, uint of at most 4 bytes)'));
+    const payloadKey = session.key;
+    // RFC 7252 §3.2 uint of at most 4 bytes, or with coapEncryption its decimal digits encrypted
+    // (encryption.ts); §5.4.5: only the first occurrence counts (the caller passes it).
+    const n = seq === undefined ? Number.NaN : payloadKey === undefined ? decodeUint(seq) : decryptSeq(payloadKey, seq);
+    if (Number.isNaN(n)) {
+      if (payloadKey === undefined) return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', 'a token needs a sequence number (CoAP option 2089, uint of at most 4 bytes)'));
+      if (seq === undefined) return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', 'a token needs a sequence number (CoAP option 2089, its decimal digits encrypted)'));
+      return this.refuse('undecryptable', new WanwuError('WANWU_ERR_DECRYPT', "sequence number (CoAP option 2089) does not decrypt with this token's key to decimal digits; encrypt it like the payload"));
+    }
     if (continuation ? n < session.lastSeq : n <= session.lastSeq) {
       return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', `sequence number ${n} is not above ${session.lastSeq}, the last one accepted for this token`));
     }
@@ -259,6 +293,7 @@ export class CoapAuthenticator {
         if (n > session.lastSeq) session.lastSeq = n;
         this.counters.verified++;
       },
+      key: payloadKey,
     };
   }
 
@@ -296,7 +331,7 @@ export class CoapAuthenticator {
 }
 
 /** The verdict for an uplink without a token where none is needed. */
-const PASS = Object.freeze({ ok: true as const, accept: () => {} });
+const PASS: AuthVerdict = Object.freeze({ ok: true as const, accept: () => {}, key: undefined });
 
 const NAME = /^[A-Za-z0-9_.:@\-]{1,64}$/;
 

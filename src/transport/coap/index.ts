@@ -10,9 +10,11 @@
 // answer 4.29 (RFC 8516); no response is larger than its request (RFC 7252 §11.3). Devices
 // authenticate with POST /auth and carry a token and a sequence number in options 2088/2089 (auth.ts).
 
+import type { DownlinkPort } from '../../downlink/types.js';
 import type { WanwuError } from '../../errors.js';
 import type { IngestHandler, Logger, RawMessage } from '../../types.js';
 import type { CoapAuthOptions, CoapAuthStats } from './auth.js';
+import type { CoapCommandStats, CoapDownlinkMode } from './delivery.js';
 import type { RateSpec, RefusalReason } from './limits.js';
 import { createListener } from './listener.js';
 
@@ -20,6 +22,8 @@ export type { AuthRefusalReason, CoapAuthConfig, CoapAuthMode, CoapAuthOptions, 
 export { AUTH_REFUSAL_REASONS, OPT_AUTH_SEQ, OPT_AUTH_TOKEN } from './auth.js';
 
 export type { RateSpec, RefusalReason } from './limits.js';
+export type { CoapCommandStats, CoapDownlinkMode } from './delivery.js';
+export { CONTENT_FORMAT_OCTET_STREAM, OPT_COMMANDS_PENDING, OPT_LOCATION_PATH } from './delivery.js';
 export { REFUSAL_REASONS } from './limits.js';
 
 /** coap.limits of the configuration (src/config/schema.ts has the defaults and units). */
@@ -63,6 +67,14 @@ export interface CoapListenerOptions {
   refuse?: (raw: Omit<RawMessage, 'route'>, error: WanwuError) => Promise<void>;
   /** Wall clock in ms since the epoch (receivedAt, de-duplication expiry); injectable for tests. */
   now?: () => number;
+  /**
+   * The command queue (src/downlink): commands go to devices that present a valid token, piggybacked
+   * in the answer to their uplink, pushed during a window after it, or polled with GET (delivery.ts).
+   * Absent: no commands (GET on a command topic gets 4.04).
+   */
+  downlink?: DownlinkPort;
+  /** How a product's devices get commands (product.json "downlink", config downlink.coap); default piggyback, 20 s. */
+  downlinkMode?: (productKey: string) => CoapDownlinkMode;
 }
 
 export interface CoapListenerStats {
@@ -104,6 +116,8 @@ export interface CoapListenerStats {
   evicted: { dedup: number; peers: number; sources: number; devices: number };
   /** Token authentication (auth.ts): tokens issued and held, refusals by reason; null without coap.auth. */
   auth: CoapAuthStats | null;
+  /** Commands delivered over CoAP (delivery.ts); null without a command queue. */
+  commands: CoapCommandStats | null;
 }
 
 export interface CoapListener {

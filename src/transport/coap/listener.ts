@@ -17,6 +17,8 @@
 // Authentication (coap.auth, auth.ts): POST /auth is answered here; an uplink's token (option 2088)
 // and sequence number (2089) are checked after the path is known and before the per-device rate
 // limit, so an unauthenticated sender can neither reach ingest nor spend a device's bucket.
+// A product with coapEncryption (encryption.ts): option 2089 is decrypted with the token's key
+// there, the body once it is whole (after Block1), and every answer past that point is encrypted.
 
 import dgram from 'node:dgram';
 import { isIPv6 } from 'node:net';
@@ -27,6 +29,7 @@ import { COAP_LIMITS_DEFAULTS } from '../../config/schema.js';
 import type { IngestOutcome, RawMessage } from '../../types.js';
 import { CoapAuthenticator, type AuthRefusal } from './auth.js';
 import { Reassembler } from './block1.js';
+import { decryptPayload, encodeSealed } from './encryption.js';
 import { GenerationalMap } from './dedup.js';
 import type { CoapLimits, CoapListener, CoapListenerOptions, CoapListenerStats } from './index.js';
 import { isLoopback, RateLimiter, REFUSAL_REASONS, type RefusalReason } from './limits.js';
@@ -45,12 +48,12 @@ import {
   TYPE_RST,
   type BlockValue,
 } from './protocol.js';
-import { inspectRequest, type UplinkTarget } from './request.js';
+import { CommandDelivery, DEFAULT_DOWNLINK_MODE, type DeviceRef } from './delivery.js';
+import { inspectRequest, type Credentials, type PollTarget, type UplinkTarget } from './request.js';
 import {
   block1Option,
   continueResponse,
   encodeEmpty,
-  encodeFitted,
   encodeResponse,
   errorResponse,
   outcomeResponse,
@@ -131,6 +134,10 @@ interface Exchange {
   maxBytes: number;
   /** The last block of a Block1 upload: the response echoes it (RFC 7959 §2.3). */
   block1: BlockValue | undefined;
+  /** coapEncryption: the token's key; the response payload is encrypted with it (encryption.ts). */
+  payloadKey: Buffer | undefined;
+  /** The device presented a valid token: its answer may carry a command (delivery.ts). */
+  device: DeviceRef | undefined;
 }
 
 /** A separate CON response awaiting the device's ACK (RFC 7252 §4.2). */
@@ -142,6 +149,8 @@ interface Outgoing {
   retransmits: number;
   timeoutMs: number;
   timer: NodeJS.Timeout | undefined;
+  /** The response carries this command (delivery.ts): the device's ACK delivers it. */
+  command?: { device: DeviceRef; id: string };
 }
 
 /** The answer to an authentication refusal: the error's CoAP code (4.00, 4.01, 4.03) and a diagnostic. */
@@ -205,6 +214,27 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     refused: Object.fromEntries(REFUSAL_REASONS.map((r) => [r, 0])) as Record<RefusalReason, number>,
   };
 
+  // Commands to devices (delivery.ts): piggybacked, pushed or polled, only to token-authenticated devices.
+  const delivery =
+    opts.downlink === undefined
+      ? null
+      : new CommandDelivery({
+          port: opts.downlink,
+          mode: opts.downlinkMode ?? (() => DEFAULT_DOWNLINK_MODE),
+          send,
+          allocMessageId,
+          ingest,
+          logger,
+          ackTimeoutMs: tuning.ackTimeoutMs,
+          ackRandomFactor: tuning.ackRandomFactor,
+          maxRetransmit: tuning.maxRetransmit,
+          exchangeLifetimeMs: tuning.exchangeLifetimeMs,
+          random: tuning.random,
+          monotonic: tuning.monotonic,
+          now,
+          maxDevices: limits.maxPeers,
+        });
+
   // Scratch space for building de-duplication keys without intermediate strings.
   const scratch = Buffer.allocUnsafe(MAX_ADDRESS_CHARS + 3 + 2 + 8);
 
@@ -267,20 +297,21 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
 
   /**
    * Answers a request right away: piggybacked in the ACK for CON, as a NON with a fresh id for NON.
-   * `maxBytes` is the request's size: the response is cut to fit it (RFC 7252 §11.3).
+   * `maxBytes` is the request's size: the response is cut to fit it (RFC 7252 §11.3). With `key`
+   * (coapEncryption) its payload is encrypted.
    */
-  function respondNow(confirmable: boolean, messageId: number, token: Buffer, spec: ResponseSpec, address: string, port: number, maxBytes: number): Buffer {
+  function respondNow(confirmable: boolean, messageId: number, token: Buffer, spec: ResponseSpec, address: string, port: number, maxBytes: number, key?: Buffer): Buffer {
     const carrier: Carrier = confirmable ? 'ack' : 'non';
-    const bytes = encodeFitted(carrier, confirmable ? messageId : allocMessageId(), token, spec, maxBytes);
+    const bytes = encodeSealed(carrier, confirmable ? messageId : allocMessageId(), token, spec, maxBytes, key);
     send(bytes, port, address);
     count(spec.code);
     return bytes;
   }
 
   /** Answers a request the listener refuses on its own for `reason`, counting it. */
-  function refuse(reason: RefusalReason, confirmable: boolean, messageId: number, token: Buffer, spec: ResponseSpec, address: string, port: number, maxBytes: number): void {
+  function refuse(reason: RefusalReason, confirmable: boolean, messageId: number, token: Buffer, spec: ResponseSpec, address: string, port: number, maxBytes: number, key?: Buffer): void {
     counters.refused[reason]++;
-    respondNow(confirmable, messageId, token, spec, address, port, maxBytes);
+    respondNow(confirmable, messageId, token, spec, address, port, maxBytes, key);
   }
 
   function reset(messageId: number, address: string, port: number): void {
@@ -318,7 +349,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     const confirmable = type === TYPE_CON;
 
     if (type === TYPE_ACK || type === TYPE_RST) {
-      onAckOrReset(type, messageId, address, port);
+      onAckOrReset(type, messageId, address, port, msg);
       return;
     }
     if (!accepting) {
@@ -332,6 +363,8 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       return;
     }
     if (code >> 5 !== 0 || tkl > 8 || msg.length < 4 + tkl) {
+      // A device's separate response to a command we pushed (delivery.ts) is acknowledged, not rejected.
+      if (code >> 5 >= 2 && delivery !== null && delivery.onResponse(msg, confirmable, messageId, address, port)) return;
       // A response (we send no requests), a reserved class (§12.1), or a reserved token length
       // (§3: 9-15) / truncated token: a message format error. §4.2: reject a CON with RST; §4.3:
       // ignore a NON.
@@ -392,7 +425,9 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       // A real retransmission repeats the request byte for byte (§4.2), so it is as large as the
       // request the cached response was fitted to. A smaller datagram reusing the message id and
       // token would turn the cache into an amplifier (§11.3): it gets no answer.
-      if (known.length <= msg.length) send(Buffer.from(known, 'latin1'), port, address);
+      // The one exception: a cached answer carrying a command to a token-authenticated device
+      // (delivery.ts mayRepeat), repeated only for a duplicate as large as the request it answered.
+      if (known.length <= msg.length || delivery?.mayRepeat(key, msg.length) === true) send(Buffer.from(known, 'latin1'), port, address);
       else counters.refused.amplification++;
       return;
     }
@@ -432,9 +467,15 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       handleAuth(verdict.body, packet, confirmable, messageId, key, seen, address, port, msg.length);
       return;
     }
+    if (verdict.kind === 'poll') {
+      handlePoll(verdict.target, verdict.credentials, packet, confirmable, messageId, key, seen, address, port, msg.length, receivedAt, limited);
+      return;
+    }
     const { target, block1 } = verdict;
     // Consumes the request's sequence number once the request is taken (auth.ts verify).
     let acceptAuth: (() => void) | undefined;
+    // coapEncryption: the token's key (auth.ts), for the body and every answer from here on.
+    let payloadKey: Buffer | undefined;
     if (authn !== null) {
       // Identity from the token, not the source address (a NAT rebinding keeps the device's token).
       const checked = authn.verify(target, verdict.credentials?.token, verdict.credentials?.seq, block1 !== undefined && block1.num > 0);
@@ -446,6 +487,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
         return;
       }
       acceptAuth = checked.accept;
+      payloadKey = checked.key;
     }
     if (limited && deviceLimiter !== null && (block1 === undefined || block1.num === 0)) {
       // Per device named by the path, once per request body: a plain request or the first block.
@@ -455,7 +497,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
           `WANWU_ERR_RATE_LIMITED device ${target.productKey}/${target.deviceName} over ${limits.perDevice.perSecond}/s`,
           waitS,
         );
-        refuse('rateLimitedDevice', confirmable, messageId, packet.token, spec, address, port, msg.length);
+        refuse('rateLimitedDevice', confirmable, messageId, packet.token, spec, address, port, msg.length, payloadKey);
         return;
       }
     }
@@ -463,7 +505,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       // Overload guard: ingest is not keeping up; keep the per-exchange state bounded. (Checked before
       // a last block is taken, so its transfer survives for the retry.)
       const spec = errorResponse('5.03', `WANWU_ERR_OVERLOADED ${inFlight} requests in progress; retry later`, tuning.retryAfterS);
-      refuse('overloaded', confirmable, messageId, packet.token, spec, address, port, msg.length);
+      refuse('overloaded', confirmable, messageId, packet.token, spec, address, port, msg.length, payloadKey);
       return;
     }
     let payload = packet.payload;
@@ -481,23 +523,41 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
         // §2.9.2: 4.08 Request Entity Incomplete; the client starts over with block 0.
         const want = step.expected === 0 ? 'block 0: no transfer in progress' : `the block at byte ${step.expected}`;
         const spec = errorResponse('4.08', `WANWU_ERR_INCOMPLETE Block1 block ${block1.num} (byte ${offset}); expected ${want}`, 0);
-        refuse('incomplete', confirmable, messageId, packet.token, spec, address, port, msg.length);
+        refuse('incomplete', confirmable, messageId, packet.token, spec, address, port, msg.length, payloadKey);
         return;
       }
       if (step.kind === 'full') {
         const spec = errorResponse('5.03', `WANWU_ERR_OVERLOADED ${limits.maxReassemblies} block-wise transfers in progress; retry later`, tuning.retryAfterS);
-        refuse('reassemblyLimit', confirmable, messageId, packet.token, spec, address, port, msg.length);
+        refuse('reassemblyLimit', confirmable, messageId, packet.token, spec, address, port, msg.length, payloadKey);
         return;
       }
       payload = step.body;
     }
+    if (authn !== null && payloadKey !== undefined) {
+      // coapEncryption: the whole body, as the device encrypted it before any Block1 split.
+      const plain = decryptPayload(payloadKey, payload);
+      if (plain === null) {
+        // Like the other authentication refusals: the sequence number is not consumed, the answer not
+        // cached, the payload not dead-lettered, and the diagnostic in clear (the sender may lack the key).
+        const refusal = authn.refuse('undecryptable', new WanwuError('WANWU_ERR_DECRYPT', `payload of ${payload.length} bytes does not decrypt with this token's key (AES-128-CBC, PKCS#7 padding, whole 16-byte blocks)`));
+        respondNow(confirmable, messageId, packet.token, authErrorResponse(refusal), address, port, msg.length);
+        return;
+      }
+      // Ingest gets the plaintext, so a refused one is dead-lettered decrypted: the key lives only as
+      // long as the token (in memory), and `wanwu deadletters replay` must be able to read it later.
+      payload = plain;
+    }
+    // Commands (delivery.ts) only for a device that presented a valid token, never one named by its path alone.
+    const device = delivery !== null && authn !== null && verdict.credentials?.token !== undefined ? { productKey: target.productKey, deviceName: target.deviceName } : undefined;
     acceptAuth?.();
+    if (device !== undefined) delivery!.seen(device, address, port, payloadKey);
     seen.add(key, IN_PROGRESS);
-    startExchange(target, payload, packet.token, key, confirmable, messageId, address, port, receivedAt, msg.length, block1);
+    startExchange(target, payload, packet.token, key, confirmable, messageId, address, port, receivedAt, msg.length, block1, payloadKey, device);
   }
 
   /**
-   * POST /auth (auth.ts): 2.05 with `{"token","expiresIn","random"}` as application/json, or a refusal.
+   * POST /auth (auth.ts): 2.05 with `{"token","expiresIn","random"}` (and `"seqOffset"` for a product
+   * with coapEncryption) as application/json, or a refusal.
    * The token is issued only if its answer is no larger than the request (RFC 7252 §11.3): the JSON
    * form with its hex sign always is, so a smaller request is a probe and gets 4.00 instead. The
    * answer is cached for de-duplication, so a retransmitted /auth gets the same token again.
@@ -526,6 +586,46 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     seen.add(key, bytes.toString('latin1'));
   }
 
+  /**
+   * GET on a command topic (delivery.ts "poll"): 2.05 with the device's oldest undelivered command under
+   * that topic, or 2.05 without a payload when there is none (the queue resource exists and is empty;
+   * 4.04 would read as a wrong path, and 2.03 Valid answers only a request with an ETag, RFC 7252
+   * §5.9.1.3). Only for a device presenting a valid token and sequence number. The answer is cached
+   * for de-duplication, so a retransmitted GET gets the same command, not the next.
+   */
+  function handlePoll(target: PollTarget, credentials: Credentials | undefined, packet: ParsedPacket, confirmable: boolean, messageId: number, key: string, seen: GenerationalMap<string>, address: string, port: number, maxBytes: number, receivedAt: number, limited: boolean): void {
+    if (delivery === null) {
+      respondNow(confirmable, messageId, packet.token, errorResponse('4.04', 'WANWU_ERR_TOPIC this listener delivers no commands', 0), address, port, maxBytes);
+      return;
+    }
+    if (authn === null || credentials?.token === undefined) {
+      const error = new WanwuError('WANWU_ERR_TOKEN', 'polling for commands needs a token (CoAP option 2088): authenticate with POST /auth');
+      const refusal: AuthRefusal = authn?.refuse('unauthenticated', error) ?? { ok: false, reason: 'unauthenticated', error };
+      respondNow(confirmable, messageId, packet.token, authErrorResponse(refusal), address, port, maxBytes);
+      return;
+    }
+    const checked = authn.verify(target, credentials.token, credentials.seq, false);
+    if (!checked.ok) {
+      respondNow(confirmable, messageId, packet.token, authErrorResponse(checked), address, port, maxBytes);
+      return;
+    }
+    if (limited && deviceLimiter !== null) {
+      const waitS = deviceLimiter.take(`${target.productKey}/${target.deviceName}`, receivedAt);
+      if (waitS > 0) {
+        const spec = tooManyRequestsResponse(`WANWU_ERR_RATE_LIMITED device ${target.productKey}/${target.deviceName} over ${limits.perDevice.perSecond}/s`, waitS);
+        refuse('rateLimitedDevice', confirmable, messageId, packet.token, spec, address, port, maxBytes, checked.key);
+        return;
+      }
+    }
+    checked.accept();
+    const device = { productKey: target.productKey, deviceName: target.deviceName };
+    delivery.seen(device, address, port, checked.key);
+    const carry = delivery.forPoll(target, packet.token, checked.key);
+    const bytes = respondNow(confirmable, messageId, packet.token, carry?.spec ?? { code: '2.05' }, address, port, carry === null ? maxBytes : Number.POSITIVE_INFINITY, checked.key);
+    seen.add(key, bytes.toString('latin1'));
+    if (carry !== null) delivery.handedOut(device, carry.command, 'coap-poll', confirmable, key, maxBytes, address, port);
+  }
+
   /** A Block1 transfer is keyed by the endpoint and the resource (RFC 7959 §2.5), not the token. */
   function transferKey(peerKey: string, target: UplinkTarget): string {
     return `${peerKey}\u0000${target.topic}`;
@@ -548,6 +648,8 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     receivedAt: number,
     maxBytes: number,
     block1: BlockValue | undefined,
+    payloadKey: Buffer | undefined,
+    device?: DeviceRef,
   ): void {
     const ex: Exchange = {
       key,
@@ -556,11 +658,15 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       messageId,
       token,
       confirmable,
-      alinkJson: target.route.type !== 'up-raw',
+      // A reply to a command ends its exchange: it gets a bare 2.04, not an Alink reply to the reply
+      // (Alibaba sends none either), which leaves the payload free for the next command (delivery.ts).
+      alinkJson: target.route.type !== 'up-raw' && target.route.type !== 'command-reply',
       separate: false,
       deadline: 0,
       maxBytes,
       block1: block1 === undefined ? undefined : { num: block1.num, more: false, szx: block1.szx },
+      payloadKey,
+      device,
     };
     const raw: RawMessage = {
       transport: 'coap',
@@ -607,20 +713,32 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
         counters.ignored++; // stopped: the response is dropped
         return;
       }
+      // delivery.ts "piggyback": a committed uplink of a device with a valid token carries its oldest
+      // command. RFC 7252 §11.3's size bound is for unauthenticated senders, so such an answer may be
+      // larger than its request; every other answer stays fitted to the request.
+      const carry = ex.device !== undefined && outcome.error === undefined ? delivery!.forUplink(ex.device, spec, ex.token, ex.payloadKey) : null;
+      if (carry !== null) spec = carry.spec;
+      const maxBytes = carry === null ? ex.maxBytes : Number.POSITIVE_INFINITY;
       if (!ex.confirmable) {
-        const bytes = respondNow(false, ex.messageId, ex.token, spec, ex.address, ex.port, ex.maxBytes);
+        const bytes = respondNow(false, ex.messageId, ex.token, spec, ex.address, ex.port, maxBytes, ex.payloadKey);
         nonSeen.update(ex.key, bytes.toString('latin1'));
+        if (carry !== null) delivery!.handedOut(ex.device!, carry.command, 'coap-piggyback', false, ex.key, ex.maxBytes, ex.address, ex.port);
       } else if (!ex.separate) {
         // §5.2.1: piggybacked in the ACK, same message id, token echoed.
-        const bytes = respondNow(true, ex.messageId, ex.token, spec, ex.address, ex.port, ex.maxBytes);
+        const bytes = respondNow(true, ex.messageId, ex.token, spec, ex.address, ex.port, maxBytes, ex.payloadKey);
         conSeen.update(ex.key, bytes.toString('latin1'));
+        if (carry !== null) delivery!.handedOut(ex.device!, carry.command, 'coap-piggyback', true, ex.key, ex.maxBytes, ex.address, ex.port);
       } else {
         // §5.2.2: separate response as a CON with our own message id; the cached answer for a
         // retransmitted request stays the empty ACK.
         const messageId = allocMessageId();
-        sendSeparate(encodeFitted('con', messageId, ex.token, spec, ex.maxBytes), messageId, ex.address, ex.port);
+        const command = carry === null ? undefined : { device: ex.device!, id: carry.command.id };
+        sendSeparate(encodeSealed('con', messageId, ex.token, spec, maxBytes, ex.payloadKey), messageId, ex.address, ex.port, command);
         count(spec.code);
+        if (carry !== null) delivery!.handedOut(ex.device!, carry.command, 'coap-piggyback', true, undefined, ex.maxBytes, ex.address, ex.port);
       }
+      // delivery.ts "push": after the answer, commands go to the device while its window is open.
+      if (ex.device !== undefined) delivery!.afterUplink(ex.device);
     } catch (err) {
       counters.errors++;
       logger.debug({ err, peer: `${ex.address}:${ex.port}` }, 'CoAP response failed');
@@ -662,11 +780,11 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
 
   // --- separate responses and their retransmission (RFC 7252 §4.2) ---------------------------
 
-  function sendSeparate(bytes: Buffer, messageId: number, address: string, port: number): void {
+  function sendSeparate(bytes: Buffer, messageId: number, address: string, port: number, command?: Outgoing['command']): void {
     send(bytes, port, address);
     // §4.2: initial timeout random in [ACK_TIMEOUT, ACK_TIMEOUT * ACK_RANDOM_FACTOR], doubled each time.
     const timeoutMs = tuning.ackTimeoutMs * (1 + tuning.random() * (tuning.ackRandomFactor - 1));
-    const o: Outgoing = { key: `${address}|${port}|${messageId}`, bytes, address, port, retransmits: 0, timeoutMs, timer: undefined };
+    const o: Outgoing = { key: `${address}|${port}|${messageId}`, bytes, address, port, retransmits: 0, timeoutMs, timer: undefined, ...(command === undefined ? {} : { command }) };
     o.timer = setTimeout(onRetransmitTimer, timeoutMs, o);
     outgoing.set(o.key, o);
   }
@@ -686,7 +804,9 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     o.timer = setTimeout(onRetransmitTimer, o.timeoutMs, o);
   }
 
-  function onAckOrReset(type: number, messageId: number, address: string, port: number): void {
+  function onAckOrReset(type: number, messageId: number, address: string, port: number, msg: Buffer): void {
+    // An ACK or RST of a command we pushed (delivery.ts).
+    if (delivery !== null && delivery.onAckOrReset(type, messageId, address, port, msg)) return;
     if (outgoing.size === 0) {
       counters.ignored++;
       return;
@@ -699,6 +819,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     }
     clearTimeout(o.timer);
     outgoing.delete(key);
+    if (o.command !== undefined) delivery?.separateAnswered(o.command.device, o.command.id, type === TYPE_ACK);
     if (type === TYPE_RST) logger.debug({ peer: `${address}:${port}` }, 'CoAP separate response rejected with RST');
   }
 
@@ -749,8 +870,10 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       deviceLimiter?.maintain(t);
       reassembler.sweep(t);
       authn?.sweep(t);
+      delivery?.sweep();
     }, span);
     maintenanceTimer.unref();
+    delivery?.start();
     accepting = true;
     logger.info({ address: bound.address, port: bound.port }, 'CoAP listener started');
   }
@@ -758,6 +881,8 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
   async function doStop(): Promise<void> {
     // 1. Stop accepting new requests (ACKs for our separate responses are still processed).
     accepting = false;
+    // Pushes stop; their commands stay `sent` in the queue and go again after a restart.
+    delivery?.stop();
     // 2. Let every ingest under way finish; their responses go out while the socket is open.
     if (inFlight > 0) {
       await new Promise<void>((resolve) => {
@@ -841,6 +966,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
           devices: deviceLimiter?.evicted ?? 0,
         },
         auth: authn?.stats() ?? null,
+        commands: delivery?.stats() ?? null,
       };
     },
 

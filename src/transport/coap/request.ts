@@ -2,7 +2,7 @@
 // options, path, method and size. Each check is one named step (ARCHITECTURE.md convention 5).
 
 import type { ParsedPacket } from 'coap-packet';
-import { parseUplinkTopic } from '../../thing-model/topic.js';
+import { parseUplinkTopic, topicOwner } from '../../thing-model/topic.js';
 import type { UplinkRoute } from '../../types.js';
 import { AUTH_MAX_BODY_BYTES, AUTH_PATH_SEGMENT, OPT_AUTH_SEQ, OPT_AUTH_TOKEN } from './auth.js';
 import type { RefusalReason } from './limits.js';
@@ -33,6 +33,17 @@ export interface UplinkTarget {
   route: UplinkRoute;
 }
 
+/**
+ * A device polling for its commands (delivery.ts): GET on a command topic of its own, i.e.
+ * /topic/sys/{pk}/{dn}/thing/service[/...] or /topic/sys/{pk}/{dn}/thing/model/down_raw.
+ */
+export interface PollTarget {
+  productKey: string;
+  deviceName: string;
+  /** The polled topic ('/sys/...'): commands whose topic is it or lies under it. */
+  topic: string;
+}
+
 /** A valid Block1 option (RFC 7959 §2.2) with its block size in bytes. */
 export interface Block1 extends BlockValue {
   size: number;
@@ -55,6 +66,8 @@ export type RequestVerdict =
   | { kind: 'ingest'; target: UplinkTarget; block1?: Block1; credentials?: Credentials }
   /** POST /auth with its body (auth.ts): answered by the listener. */
   | { kind: 'auth'; body: Buffer }
+  /** GET on a command topic: the device polls for a command (delivery.ts); needs a token. */
+  | { kind: 'poll'; target: PollTarget; credentials?: Credentials }
   /**
    * Answer with this response; nothing reaches ingest. `refused` is set when an identified device's
    * payload was refused here (too large), so the listener can report it for counting and dead-lettering.
@@ -86,6 +99,8 @@ interface RequestFacts {
   target?: UplinkTarget;
   /** The path is /auth. */
   auth: boolean;
+  /** The path is a command topic (GET polls it). */
+  poll?: PollTarget;
   credentials: Credentials;
 }
 
@@ -120,6 +135,13 @@ const checkPath: Step = (f) => {
     if (s.includes('/')) return notFound(`Uri-Path segment ${JSON.stringify(shorten(s))} contains '/'`);
     topic += '/' + s;
   }
+  if (f.packet.code === '0.01') {
+    const poll = commandTopic(topic);
+    if (poll !== null) {
+      f.poll = poll;
+      return undefined;
+    }
+  }
   try {
     const parsed = parseUplinkTopic(topic);
     f.target = { productKey: parsed.productKey, deviceName: parsed.deviceName, topic, route: parsed.route };
@@ -129,9 +151,31 @@ const checkPath: Step = (f) => {
   }
 };
 
-/** Uplink topics and /auth take POST only (RFC 7252 §5.9.2.6: 4.05 for a known resource). */
+/** Segments of a command topic after /sys/{pk}/{dn}/ (src/downlink/build.ts names the topics). */
+const COMMAND_SEGMENT = /^[A-Za-z0-9_.:@\-]{1,64}$/;
+
+/** `topic` as a command topic a device may poll, or null: thing/service[/...] (not a *_reply) or thing/model/down_raw. */
+function commandTopic(topic: string): PollTarget | null {
+  const owner = topicOwner(topic);
+  if (owner === null) return null;
+  const rest = owner.rest;
+  if (rest[0] !== 'thing' || !rest.every((s) => COMMAND_SEGMENT.test(s))) return null;
+  const service = rest[1] === 'service' && rest.length <= 4 && !rest[rest.length - 1]!.endsWith('_reply');
+  const raw = rest.length === 3 && rest[1] === 'model' && rest[2] === 'down_raw';
+  return service || raw ? { productKey: owner.productKey, deviceName: owner.deviceName, topic } : null;
+}
+
+/**
+ * Uplink topics and /auth take POST only (RFC 7252 §5.9.2.6: 4.05 for a known resource); command
+ * topics take GET (a poll, delivery.ts), and their credentials are checked by the listener.
+ */
 const checkMethod: Step = (f) => {
   const code = f.packet.code;
+  if (f.poll !== undefined) {
+    const verdict: RequestVerdict = { kind: 'poll', target: f.poll };
+    if (f.credentials.token !== undefined || f.credentials.seq !== undefined) verdict.credentials = f.credentials;
+    return verdict;
+  }
   if (code === '0.02') return undefined;
   const name = METHOD_NAMES[codeDetail(code)] ?? code;
   return { kind: 'respond', response: errorResponse('4.05', `method ${name} not allowed; ${f.auth ? '/auth takes' : 'uplink topics take'} POST`, 0) };

@@ -37,6 +37,14 @@ export interface GuardPolicy {
 export interface GuardEvents {
   /** A PUBLISH was cut: `announced` is its Remaining Length, `kept` what aedes will see. */
   truncated?(announced: number, kept: number): void;
+  /**
+   * A PUBACK arrived, with its packet identifier [MQTT-3.4.2]. The listener ties it to a command it
+   * published: aedes' own `ack` event carries the acknowledged packet only for kept sessions (it
+   * looks it up in its session store, lib/handlers/puback.js), never for clean ones.
+   */
+  puback?(packetId: number): void;
+  /** A DISCONNECT arrived [MQTT-3.14]: the client ends its session on purpose (its will is not sent). */
+  disconnect?(): void;
 }
 
 const TYPE = 0;
@@ -47,6 +55,8 @@ const KEEP = 4;
 const DROP = 5;
 
 const PUBLISH = 3;
+const PUBACK = 4;
+const DISCONNECT = 14;
 
 /**
  * An incremental reader of MQTT fixed headers. feed() is called with every chunk in order and
@@ -67,6 +77,9 @@ export class PacketGuard {
   private dropAfter = 0;
   private readonly topicLength = Buffer.alloc(2);
   private topicLengthHave = 0;
+  /** The packet identifier of a PUBACK being read (its whole body, 2 bytes [MQTT-3.4.2]); -1 = not a PUBACK. */
+  private readonly ackId = Buffer.alloc(2);
+  private ackIdHave = -1;
 
   constructor(
     public policy: GuardPolicy,
@@ -121,6 +134,8 @@ export class PacketGuard {
               run = i;
             }
             this.remaining = this.value;
+            this.ackIdHave = type === PUBACK && this.value === 2 && this.events.puback ? 0 : -1;
+            if (type === DISCONNECT) this.events.disconnect?.();
             this.state = this.remaining > 0 ? BODY : TYPE;
           } else if (type === PUBLISH && this.policy.truncatePublishTo !== null && this.value >= 2) {
             // Pass on what came before this header; the header itself is rewritten once the topic length is known.
@@ -137,9 +152,16 @@ export class PacketGuard {
         case BODY: {
           const take = Math.min(this.remaining, n - i);
           if (run < 0) run = i;
+          if (this.ackIdHave >= 0) {
+            for (let k = i; k < i + take; k++) this.ackId[this.ackIdHave++] = chunk[k]!;
+          }
           i += take;
           this.remaining -= take;
-          if (this.remaining === 0) this.state = TYPE;
+          if (this.remaining === 0) {
+            this.state = TYPE;
+            if (this.ackIdHave === 2) this.events.puback?.(this.ackId.readUInt16BE(0));
+            this.ackIdHave = -1;
+          }
           break;
         }
         case TOPIC_LENGTH: {

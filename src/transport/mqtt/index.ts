@@ -11,19 +11,25 @@
 // characters, keepalive range and connect floods before the sign is verified; topics for length and
 // depth; device publishes pass a per-device token bucket (limits.ts). Every refusal is counted by
 // reason (stats().refused); refused logins go to a rate-limited audit log (logger.warn).
+//
+// Downlink: commands.ts publishes queued commands to connected devices (channel "mqtt") and marks
+// them delivered on their PUBACK; presence.ts reports device sessions opening and ending.
 
 import { readFileSync } from 'node:fs';
 import { createServer, type Server, type AddressInfo, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { timingSafeEqual } from 'node:crypto';
-import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
+import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
 import { MQTT_LIMITS_DEFAULTS } from '../../config/schema.js';
 import { WanwuError, type ErrorCode } from '../../errors.js';
 import { deviceRefusal, type Registry } from '../../registry/index.js';
 import { computeSign, parseMqttLogin, SIGN_METHODS, verifySign, type MqttLogin, type SignMethod } from '../../registry/sign.js';
 import type { IngestHandler, IngestOutcome, Logger, RawMessage } from '../../types.js';
 import { parseUplinkTopic, replyTopic } from '../../thing-model/topic.js';
+import type { DownlinkPort, PresenceEvent } from '../../downlink/types.js';
+import { MqttCommandDelivery } from './commands.js';
 import { GuardedConnection, MQTT_MAX_PACKET_BYTES, PacketGuard } from './guard.js';
+import { PresenceTracker } from './presence.js';
 import { AuditLog, ConnectFloodDetector, identifierRefused, PublishRateLimiter, topicRefusal, type MqttRefusal } from './limits.js';
 
 export { MQTT_REFUSALS, type MqttRefusal } from './limits.js';
@@ -53,9 +59,9 @@ export interface MqttListenerOptions {
   ingest: IngestHandler;
   /** Counts and dead-letters a publish the listener refuses itself (outside the device's namespace). */
   refuse: (raw: Omit<RawMessage, 'route'>, error: WanwuError) => Promise<void>;
-  /** Application accounts: may subscribe under wanwu/ only. */
+  /** Application accounts: may subscribe under wanwu/ only, and publish commands under wanwu/cmd/ only. */
   apps: readonly MqttAccount[];
-  /** Internal accounts (the local forwarder): may publish under wanwu/ only. Exempt from the device limits. */
+  /** Internal accounts (the local forwarder): may publish under wanwu/ and subscribe under wanwu/cmd/ only. Exempt from the device limits. */
   publishers: readonly MqttAccount[];
   logger: Logger;
   /** mqtt.maxPayloadBytes: a device PUBLISH over limits.maxPacketBytes is cut to this + 1 payload bytes. Default 64 KiB. */
@@ -66,6 +72,10 @@ export interface MqttListenerOptions {
   tls?: MqttTlsOptions;
   /** Clock of the rate limiter and the ban (tests). Default Date.now. */
   now?: () => number;
+  /** The command queue: commands reach connected devices through the channel "mqtt" (commands.ts). Absent: none are sent. */
+  downlink?: DownlinkPort;
+  /** Told when a device session is ready and when it ends, with the reason (presence.ts; src/downlink/liveness.ts listens). */
+  presence?: (e: PresenceEvent) => void;
 }
 
 export interface MqttListenerStats {
@@ -136,6 +146,8 @@ type LoginVerdict =
 
 /** Prefix application traffic lives under (the local upstream's default topic template). */
 const APP_ROOT = 'wanwu/';
+/** Where application accounts publish commands and the local forwarder subscribes to them (README "Commands (downlink)"). */
+const APP_COMMAND_ROOT = 'wanwu/cmd/';
 
 /** The error aedes raises for a topic deeper than its maxTopicLevels (lib/utils.js, handlers/publish.js). */
 const AEDES_TOO_MANY_LEVELS = 'topic has too many levels';
@@ -162,8 +174,12 @@ class AedesListener implements MqttListener {
   /** The keepalive each CONNECT asked for, seen in preConnect, checked in authenticate. */
   private readonly keepalives = new WeakMap<Client, number>();
   private readonly sockets = new Set<Socket>();
+  /** Connections whose end has not been handled yet (stop() waits for them: the last presence events). */
+  private readonly conns = new Set<GuardedConnection>();
   private readonly holds = new Set<Hold>();
   private sweeper: NodeJS.Timeout | null = null;
+  /** stop() is closing the connections (the reason their sessions end). */
+  private stopping = false;
   private counts = { devices: 0, apps: 0, connects: 0, forbidden: 0, throttled: 0 };
   private authFailures: Partial<Record<ErrorCode, number>> = {};
   private refused: Partial<Record<MqttRefusal, number>> = {};
@@ -176,6 +192,9 @@ class AedesListener implements MqttListener {
   /** Failed device logins, keyed by source address and claimed identity (see loginSteps). */
   private readonly failures: ConnectFloodDetector | null;
   private readonly audit: AuditLog;
+  private readonly commands: MqttCommandDelivery | null;
+  private detachCommands: (() => void) | null = null;
+  private readonly presence: PresenceTracker | null;
 
   constructor(private readonly opts: MqttListenerOptions) {
     this.limits = opts.limits ?? MQTT_LIMITS_DEFAULTS;
@@ -186,10 +205,13 @@ class AedesListener implements MqttListener {
     this.floods = connectFlood.maxPerMinute > 0 ? new ConnectFloodDetector(connectFlood) : null;
     this.failures = connectFlood.maxPerMinute > 0 ? new ConnectFloodDetector(connectFlood) : null;
     this.audit = new AuditLog(opts.logger, this.now);
+    this.commands = opts.downlink ? new MqttCommandDelivery(opts.downlink, opts.logger) : null;
+    this.presence = opts.presence ? new PresenceTracker(opts.presence, opts.logger) : null;
   }
 
   async start(): Promise<void> {
     if (this.broker) return;
+    this.stopping = false;
     const broker = await Aedes.createBroker({
       // Alibaba-style client ids ({id}|securemode=3,signmethod=...,timestamp=...|) exceed MQTT 3.1's 23.
       maxClientsIdLength: 256,
@@ -203,6 +225,8 @@ class AedesListener implements MqttListener {
       authenticate: (client, username, password, done) => this.authenticate(client, username, password, done),
       authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => this.authorizeSubscribe(client, sub, done),
+      // Runs for every PUBLISH aedes writes to a client: our commands get their packet identifier here.
+      ...(this.commands ? { authorizeForward: (client: Client, packet: AedesPublishPacket) => this.commands!.forward(client, packet) } : {}),
     });
     broker.on('client', (client) => {
       const s = this.sessions.get(client);
@@ -210,12 +234,24 @@ class AedesListener implements MqttListener {
       if (s?.role === 'device') this.counts.devices++;
       else if (s?.role === 'app') this.counts.apps++;
     });
+    // The session is ready: CONNACK sent, a kept session's subscriptions restored (lib/handlers/connect.js).
+    broker.on('clientReady', (client) => {
+      const s = this.sessions.get(client);
+      if (s?.role !== 'device') return;
+      this.presence?.ready(client);
+      this.commands?.opened(client, s.productKey, s.deviceName);
+    });
+    broker.on('subscribe', (_subs, client) => {
+      if (this.sessions.get(client)?.role === 'device') this.commands?.subscribed(client);
+    });
+    broker.on('keepaliveTimeout', (client) => this.presence?.reason(client, 'keepalive timeout'));
     broker.on('clientDisconnect', (client) => {
       const s = this.sessions.get(client);
       if (s?.role === 'device') this.counts.devices--;
       else if (s?.role === 'app') this.counts.apps--;
     });
     broker.on('clientError', (client, err) => {
+      if (client) this.presence?.reason(client, `error: ${err.message}`);
       if (err.message === AEDES_TOO_MANY_LEVELS) this.count('topicLevels');
       this.opts.logger.debug({ clientId: client?.id, err: err.message }, 'mqtt client error');
     });
@@ -251,6 +287,7 @@ class AedesListener implements MqttListener {
       this.floods?.sweep(now);
       this.failures?.sweep(now);
     }, SWEEP_MS).unref();
+    if (this.commands) this.detachCommands = this.opts.downlink!.attach(this.commands);
   }
 
   async stop(): Promise<void> {
@@ -258,6 +295,9 @@ class AedesListener implements MqttListener {
     if (!broker || !server) return;
     this.broker = null;
     this.server = null;
+    this.detachCommands?.();
+    this.detachCommands = null;
+    this.stopping = true;
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
     // Publishes held for their rate token are not committed: no PUBACK, so the devices send them again.
@@ -273,6 +313,16 @@ class AedesListener implements MqttListener {
     await new Promise<void>((resolve) => broker.close(() => resolve()));
     // Sockets that never logged in are not aedes clients, so broker.close() leaves them open.
     for (const s of this.sockets) s.destroy();
+    // Their sessions' ends (presence) are reported before stop() resolves.
+    await Promise.all(
+      [...this.conns].map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            c.once('close', () => resolve());
+            c.destroy();
+          }),
+      ),
+    );
     await closed;
     await tlsClosed;
     this.audit.close();
@@ -345,12 +395,36 @@ class AedesListener implements MqttListener {
     }
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
-    const guard = new PacketGuard({ maxPacketBytes: this.limits.maxPacketBytes, truncatePublishTo: null }, { truncated: () => this.count('publishTruncated') });
+    // The aedes client of this connection (set right below; the guard's events come with later reads).
+    let client: Client | null = null;
+    const guard = new PacketGuard(
+      { maxPacketBytes: this.limits.maxPacketBytes, truncatePublishTo: null },
+      {
+        truncated: () => this.count('publishTruncated'),
+        ...(this.commands ? { puback: (packetId: number) => client && this.commands!.acked(client, packetId) } : {}),
+        ...(this.presence ? { disconnect: () => client && this.presence!.reason(client, 'client disconnect') } : {}),
+      },
+    );
     const conn = new GuardedConnection(socket, guard, (reason) => {
+      if (client) this.presence?.reason(client, `packet guard: ${reason}`);
       this.count(reason);
       this.opts.logger.debug({ peer: `${socket.remoteAddress}:${socket.remotePort}`, reason, code: reason === 'packetTooLarge' ? 'WANWU_ERR_TOO_LARGE' : 'WANWU_ERR_MALFORMED' }, 'mqtt connection closed by the packet guard');
     });
-    broker.handle(conn);
+    client = broker.handle(conn);
+    const ended = client;
+    // Every end of the connection (DISCONNECT, socket error, keepalive timeout, takeover, stop) closes it.
+    this.conns.add(conn);
+    conn.once('close', () => {
+      this.conns.delete(conn);
+      this.connectionClosed(ended);
+    });
+  }
+
+  /** A connection ended: the device session it carried (if any) is over. */
+  private connectionClosed(client: Client): void {
+    if (this.stopping) this.presence?.reason(client, 'gateway stopping');
+    this.commands?.closed(client);
+    this.presence?.ended(client);
   }
 
   private authenticate(
@@ -369,7 +443,10 @@ class AedesListener implements MqttListener {
         // session behind in aedes (found by the fuzzer; memory without bound), a device could never
         // resume its session, and two logins of one device would both stay up. aedes reads client.id
         // after authenticate (session restore, takeover of an older connection [MQTT-3.1.4-2]).
-        if (verdict.session.role === 'device') client.id = `${verdict.session.productKey}|${verdict.session.deviceName}`;
+        if (verdict.session.role === 'device') {
+          client.id = `${verdict.session.productKey}|${verdict.session.deviceName}`;
+          this.presence?.login(client, verdict.session.productKey, verdict.session.deviceName);
+        }
         this.sessions.set(client, verdict.session);
         this.setGuardPolicy(client, verdict.session);
         this.counts.connects++;
@@ -521,6 +598,11 @@ class AedesListener implements MqttListener {
       this.count(tooBig);
       return done(new WanwuError('WANWU_ERR_TOPIC', `topic of ${Buffer.byteLength(packet.topic)} bytes and ${packet.topic.split('/').length} levels is over the limits`));
     }
+    if (session.role === 'app' && packet.topic.startsWith(APP_COMMAND_ROOT)) {
+      // A retained command would be queued again at every resubscription of the local forwarder.
+      packet.retain = false;
+      return done(null);
+    }
     const receivedAt = Date.now();
     const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
     const peer = `${client.conn && 'remoteAddress' in client.conn ? client.conn.remoteAddress : ''}:${client.conn && 'remotePort' in client.conn ? client.conn.remotePort : ''}`;
@@ -627,6 +709,9 @@ class AedesListener implements MqttListener {
   private reply(topic: string, outcome: IngestOutcome): void {
     const broker = this.broker;
     if (!broker) return;
+    // A reply is never answered (Alibaba has no `..._reply_reply`): a device's reply to a command
+    // completes it or is refused, counted and dead-lettered by the pipeline, and that is all.
+    if (topic.endsWith('_reply')) return;
     const body: Record<string, unknown> = {};
     if (outcome.msgId !== undefined) body.id = outcome.msgId;
     body.code = outcome.error ? outcome.error.alinkCode : 200;
@@ -647,6 +732,7 @@ class AedesListener implements MqttListener {
     if (tooBig) this.count(tooBig);
     else if (session?.role === 'device') allowed = sub.topic.startsWith(session.prefix);
     else if (session?.role === 'app') allowed = sub.topic.startsWith(APP_ROOT);
+    else if (session?.role === 'publisher') allowed = sub.topic.startsWith(APP_COMMAND_ROOT);
     if (!allowed) {
       if (!tooBig) this.counts.forbidden++;
       this.opts.logger.debug({ clientId: client.id, topic: sub.topic.slice(0, 256), reason: tooBig ?? 'namespace' }, 'subscription refused');

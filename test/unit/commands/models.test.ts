@@ -14,7 +14,7 @@ describe('wanwu models check', () => {
     const registry = loadRegistry(DEVICES_DIR);
     expect(report.products.map((p: { productKey: string }) => p.productKey)).toEqual(registry.products.map((p) => p.productKey));
     expect(report.products.find((p: { productKey: string }) => p.productKey === 'WaterMeterNB')).toEqual({
-      productKey: 'WaterMeterNB', name: expect.any(String), rat: 'nb-iot', codec: 'binary', model: { properties: 6, events: 0, services: 0 }, devices: 3,
+      productKey: 'WaterMeterNB', name: expect.any(String), rat: 'nb-iot', codec: 'binary', model: { properties: 6, events: 0, services: 1 }, devices: 3,
     });
     expect(report.errors).toEqual([]);
   });

@@ -30,9 +30,10 @@ describe('config defaults', () => {
       port: 5683,
       maxPayloadBytes: 1024,
       limits: { perDevice: { perSecond: 10, burst: 100 }, perSource: { perSecond: 1000, burst: 2000 }, maxPeers: 100_000, maxReassemblies: 1000, exemptLoopback: true },
-      // 'optional' until the bundled simulator speaks POST /auth (README "CoAP authentication").
-      auth: { mode: 'optional', tokenTtlS: 172_800, timestampWindowS: 300, maxTokens: 100_000 },
+      // Authentication is on out of the box (issue 6); 'optional' only when asked for.
+      auth: { mode: 'required', tokenTtlS: 172_800, timestampWindowS: 300, maxTokens: 100_000 },
     });
+    expect(parseConfig({ coap: { auth: { mode: 'optional' } } }).coap.auth.mode).toBe('optional');
     expect(() => parseConfig({ coap: { auth: { mode: 'off' } } })).toThrow(/coap\.auth\.mode/);
     expect(() => parseConfig({ coap: { auth: { tokenTtlS: 10 } } })).toThrow(/coap\.auth\.tokenTtlS/);
     expect(c.mqtt.port).toBe(1883);

@@ -150,6 +150,25 @@ describe('registry: broken definitions are refused', () => {
     const registry = loadRegistry(root);
     expect(registry.products.map((p) => p.productKey)).toEqual(['TankNB']);
     expect(registry.deviceCount).toBe(2);
+    expect(registry.products[0]!.coapEncryption).toBeUndefined();
+  });
+
+  it('takes "coapEncryption": "aes-128-cbc" (on) and "none" (off, like absent)', () => {
+    const on = base() as Editable;
+    on['product.json'].coapEncryption = 'aes-128-cbc';
+    write('TankNB', on);
+    expect(loadRegistry(root).product('TankNB')!.coapEncryption).toBe('aes-128-cbc');
+    const off = base() as Editable;
+    off['product.json'].coapEncryption = 'none';
+    write('TankNB', off);
+    expect(loadRegistry(root).product('TankNB')!.coapEncryption).toBeUndefined();
+  });
+
+  it('takes "liveness" keys, each optional (the config downlink.liveness fills the rest)', () => {
+    const files = base() as Editable;
+    files['product.json'].liveness = { reportIntervalS: 3600, toleranceRatio: 0.25 };
+    write('TankNB', files);
+    expect(loadRegistry(root).product('TankNB')!.liveness).toEqual({ reportIntervalS: 3600, toleranceRatio: 0.25 });
   });
 
   type Editable = Record<string, any>;
@@ -166,8 +185,22 @@ describe('registry: broken definitions are refused', () => {
       (f) => (f['product.json'].dynamicRegistration = { productSecret: 'short' }),
       'TankNB/product.json: dynamicRegistration.productSecret: expected a product secret of 16-64 printable characters (the value is not shown)',
     ],
-    ['an unknown product.json key', (f) => (f['product.json'].codex = {}), 'TankNB/product.json: codex: unknown key (allowed: productKey, name, rat, codec, description, cardBinding, auth, dynamicRegistration)'],
+    ['an unknown product.json key', (f) => (f['product.json'].codex = {}), 'TankNB/product.json: codex: unknown key (allowed: productKey, name, rat, codec, description, cardBinding, auth, coapEncryption, dynamicRegistration, liveness, downlink)'],
+    ['a liveness that is not an object', (f) => (f['product.json'].liveness = 600), 'TankNB/product.json: liveness: expected an object, got 600'],
+    ['an unknown liveness key', (f) => (f['product.json'].liveness = { intervalS: 600 }), 'TankNB/product.json: liveness.intervalS: unknown key (allowed: activeWindowS, reportIntervalS, toleranceS, toleranceRatio)'],
+    ['a report interval under 10 s', (f) => (f['product.json'].liveness = { reportIntervalS: 5 }), 'TankNB/product.json: liveness.reportIntervalS: 5 is below 10'],
+    ['a fractional active window', (f) => (f['product.json'].liveness = { activeWindowS: 2.5 }), 'TankNB/product.json: liveness.activeWindowS: expected an integer, got 2.5'],
+    ['a negative tolerance', (f) => (f['product.json'].liveness = { toleranceS: -1 }), 'TankNB/product.json: liveness.toleranceS: -1 is below 0'],
+    ['a tolerance ratio over 10', (f) => (f['product.json'].liveness = { toleranceRatio: 11 }), 'TankNB/product.json: liveness.toleranceRatio: 11 is not between 0 and 10'],
+    ['a tolerance ratio that is a string', (f) => (f['product.json'].liveness = { toleranceRatio: '0.5' }), 'TankNB/product.json: liveness.toleranceRatio: expected a number, got "0.5"'],
     ['an unknown CoAP auth mode', (f) => (f['product.json'].auth = 'psk'), 'TankNB/product.json: auth: expected one of "sign", "none", got "psk"'],
+    ['an unknown CoAP encryption', (f) => (f['product.json'].coapEncryption = 'aes-256-gcm'), 'TankNB/product.json: coapEncryption: expected one of "none", "aes-128-cbc", got "aes-256-gcm"'],
+    ['a CoAP encryption that is not a string', (f) => (f['product.json'].coapEncryption = true), 'TankNB/product.json: coapEncryption: expected one of "none", "aes-128-cbc", got true'],
+    [
+      'CoAP encryption without CoAP authentication',
+      (f) => Object.assign(f['product.json'], { auth: 'none', coapEncryption: 'aes-128-cbc' }),
+      'TankNB/product.json: coapEncryption: "aes-128-cbc" needs the key that POST /auth hands out, so it cannot go with "auth": "none"',
+    ],
     ['a missing codec', (f) => delete f['product.json'].codec, 'TankNB/product.json: codec: missing (expected an object)'],
     ['an unknown codec type', (f) => (f['product.json'].codec = { type: 'zigbee' }), 'TankNB/product.json: codec.type: expected one of "alink-json", "binary", "protobuf", "script", "cbor", got "zigbee"'],
     ['options on alink-json', (f) => (f['product.json'].codec = { type: 'alink-json', fields: [] }), 'TankNB/product.json: codec.fields: unknown key (allowed: type)'],

@@ -1,7 +1,7 @@
 import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { WanwuError } from '../../../src/errors.js';
-import { parseMqttLogin, signContent, signMqttLogin, verifySign } from '../../../src/registry/sign.js';
+import { parseMqttLogin, signCoapAuth, signContent, signMqttLogin, verifySign } from '../../../src/registry/sign.js';
 
 describe('Alibaba MQTT login', () => {
   it('parses the client id and username', () => {
@@ -37,6 +37,18 @@ describe('Alibaba MQTT login', () => {
     expect(creds.clientId).toBe('dev1|securemode=3,signmethod=hmacsha256,timestamp=42|');
     expect(creds.username).toBe('dev1&PK1');
     expect(verifySign(parseMqttLogin(creds.clientId, creds.username), 's', Buffer.from(creds.password))).toBe(true);
+  });
+
+  it('signCoapAuth builds the CoAP /auth body with the MQTT sign over the same content', () => {
+    const body = signCoapAuth({ productKey: 'PK1', deviceName: 'dev1', deviceSecret: 'secret-1', clientId: 'imei123', timestamp: 1700000000000 });
+    const sign = createHmac('sha256', 'secret-1').update('clientIdimei123deviceNamedev1productKeyPK1timestamp1700000000000').digest('hex');
+    expect(body).toEqual({ productKey: 'PK1', deviceName: 'dev1', clientId: 'imei123', timestamp: '1700000000000', signmethod: 'hmacsha256', sign });
+    // Defaults: the device name as client id; seq only when given.
+    const md5 = signCoapAuth({ productKey: 'PK1', deviceName: 'dev1', deviceSecret: 'secret-1', signMethod: 'hmacmd5', timestamp: 5, seq: 9 });
+    expect(md5).toEqual({
+      productKey: 'PK1', deviceName: 'dev1', clientId: 'dev1', timestamp: '5', signmethod: 'hmacmd5', seq: 9,
+      sign: createHmac('md5', 'secret-1').update('clientIddev1deviceNamedev1productKeyPK1timestamp5').digest('hex'),
+    });
   });
 
   it.each([

@@ -453,7 +453,7 @@ describe('wanwu devices (command functions)', () => {
     expect(json(devicesImport(ctx(), csv, { json: true })).error.message).toContain('line 2: a quoted field is not closed');
   });
 
-  it('wanwu sign --config signs with the registry\'s secret (added or rotated with wanwu devices)', async () => {
+  it('wanwu sign --config signs with the registry\'s secret (added or rotated with wanwu devices), as an MQTT login or a CoAP /auth body', async () => {
     devicesAdd(ctx(), { product: 'TrackerCat1', device: 'tr-0300', secret: 'registry-only-secret' });
     const file = join(dir.path, 'config.json');
     writeFileSync(file, JSON.stringify({ storage: { path: join(dir.path, 'wanwu.db') }, devicesDir: DEVICES_DIR }));
@@ -472,6 +472,27 @@ describe('wanwu devices (command functions)', () => {
     const creds = JSON.parse(out.join('')) as { clientId: string; username: string; password: string };
     const login = parseMqttLogin(creds.clientId, creds.username);
     expect(verifySign(login, 'registry-only-secret', creds.password)).toBe(true);
+
+    // --coap: the body of a CoAP POST /auth, with the same sign over the same content.
+    out.length = 0;
+    const write2 = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      out.push(String(chunk));
+      return true;
+    });
+    const before = Date.now();
+    try {
+      code = await main(['node', 'wanwu', 'sign', '--config', file, '--product', 'TrackerCat1', '--device', 'tr-0300', '--coap', '--method', 'hmacsha1']);
+    } finally {
+      write2.mockRestore();
+    }
+    expect(code).toBe(0);
+    const body = JSON.parse(out.join('')) as Record<string, string>;
+    expect(Object.keys(body)).toEqual(['productKey', 'deviceName', 'clientId', 'timestamp', 'signmethod', 'sign']);
+    expect(body).toMatchObject({ productKey: 'TrackerCat1', deviceName: 'tr-0300', clientId: 'tr-0300', signmethod: 'hmacsha1' });
+    expect(Number(body.timestamp)).toBeGreaterThanOrEqual(before);
+    const coapLogin = { id: body.clientId!, productKey: body.productKey!, deviceName: body.deviceName!, signMethod: 'hmacsha1' as const, timestamp: body.timestamp! };
+    expect(verifySign(coapLogin, 'registry-only-secret', body.sign)).toBe(true);
+    expect(verifySign(coapLogin, 'another-secret', body.sign)).toBe(false);
   });
 
   it('parses RFC 4180 CSV', () => {

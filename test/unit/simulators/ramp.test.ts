@@ -16,7 +16,7 @@ function fakeGateway(capacity: number) {
     return {
       fleet: o.fleet, durationS, sent: Math.round(rate * durationS), acked: Math.round(achieved * durationS), errors: {}, retransmissions: 0,
       faults: {}, refusalsExpected: 0, unexpectedRefusals: 0, unexpectedSamples: [], unanswered: 0, throughput: { meanPerS: achieved, peakPerS: achieved, perSecond: [] },
-      ackLatencyMs: lat.summary(), endToEnd: null,
+      ackLatencyMs: lat.summary(), coapAuth: null, endToEnd: null,
     };
   };
   return { offered, runStep };

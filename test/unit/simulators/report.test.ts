@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { RunResult } from '../../../simulators/lib/fleet.js';
 import { formatRun, parseLoss, verdict } from '../../../simulators/lib/report.js';
-import { Latency, lossRatio, RateSeries, RunStats } from '../../../simulators/lib/stats.js';
+import { AuthStats, Latency, lossRatio, RateSeries, RunStats } from '../../../simulators/lib/stats.js';
 import { parseDuration, parseFraction } from '../../../simulators/lib/options.js';
 
 function result(over: Partial<RunResult> = {}): RunResult {
@@ -19,6 +19,7 @@ function result(over: Partial<RunResult> = {}): RunResult {
     unanswered: 0,
     throughput: { meanPerS: 100, peakPerS: 110, perSecond: [] },
     ackLatencyMs: new Latency().summary(),
+    coapAuth: null,
     endToEnd: null,
     ...over,
   };
@@ -110,6 +111,27 @@ describe('--max-loss and the verdict', () => {
     expect(text).toMatch(/ {2}5\.03\s+2/);
     expect(text).toMatch(/acknowledgement/);
     expect(text.trim().endsWith('FAIL: x')).toBe(true);
+    expect(text).not.toMatch(/\/auth/);
+  });
+
+  it('prints the CoAP /auth exchanges apart from the uplinks', () => {
+    const auth = new AuthStats();
+    auth.sent = 12;
+    auth.answered('2.05', 3, 0);
+    for (let i = 0; i < 10; i++) auth.answered('2.05', 1, 1);
+    auth.answered('timeout', 93_000, 4);
+    auth.renewedAfter401 = 2;
+    const summary = auth.summary();
+    expect(summary).toMatchObject({ sent: 12, ok: 11, errors: { timeout: 1 }, retransmissions: 14, renewedAfter401: 2, latencyMs: { count: 11 } });
+    const text = formatRun(result({ coapAuth: summary }), { pass: true, reasons: [] });
+    expect(text).toMatch(/CoAP \/auth exchanges \(not uplinks\)\s+12/);
+    expect(text).toMatch(/answered 2\.05\s+11/);
+    expect(text).toMatch(/ {2}timeout\s+1/);
+    expect(text).toMatch(/uplinks sent again after 4\.01\s+2/);
+    expect(text).toMatch(/CoAP \/auth\s+11\s/);
+    // The uplink counts are untouched by the /auth exchanges.
+    expect(text).toMatch(/sent\s+1000/);
+    expect(text).toMatch(/acknowledged\s+1000/);
   });
 });
 

@@ -123,7 +123,7 @@ describe('binary layouts: refused at load', () => {
 
   const cases: Array<[string, object, string]> = [
     // layout and messages
-    ['an unknown layout key', { type: 'binary', fields: [{ type: 'u8' }], endain: 'little' }, 'codec.endain: unknown key (allowed: type, endian, kind, event, fields, switch, messages, trailer, trailing)'],
+    ['an unknown layout key', { type: 'binary', fields: [{ type: 'u8' }], endain: 'little' }, 'codec.endain: unknown key (allowed: type, endian, kind, event, fields, switch, messages, trailer, trailing, downlink)'],
     ['a bad trailing option', { type: 'binary', fields: [{ type: 'u8' }], trailing: 'keep' }, 'codec.trailing: expected one of "error", "ignore", got "keep"'],
     ['switch without messages', { type: 'binary', fields: [u8()], switch: 'msgType' }, 'codec.switch: only allowed with "messages"'],
     ['trailer without messages', { type: 'binary', fields: [u8()], trailer: [] }, 'codec.trailer: only allowed with "messages"'],

@@ -272,7 +272,7 @@ describe('binary layout: definition errors', () => {
     ['bad endian', { type: 'binary', fields: [{ id: 'level', type: 'u16', endian: 'middle' }] }, 'binary layout: codec.fields[0].endian: expected one of "big", "little", got "middle"'],
     ['zero scale', { type: 'binary', fields: [{ id: 'level', type: 'u16', scale: 0 }] }, 'binary layout: codec.fields[0].scale: must not be 0'],
     ['const out of range', { type: 'binary', fields: [{ type: 'u8', const: 256 }] }, 'binary layout: codec.fields[0].const: 256 is above 255'],
-    ['typo key', { type: 'binary', fields: [{ id: 'level', type: 'u16', scael: 0.1 }] }, 'binary layout: codec.fields[0].scael: unknown key (allowed: id, name, type, endian, scale, offset, const, at, ts)'],
+    ['typo key', { type: 'binary', fields: [{ id: 'level', type: 'u16', scael: 0.1 }] }, 'binary layout: codec.fields[0].scael: unknown key (allowed: id, name, type, endian, scale, offset, const, at, ts, msgId)'],
     ['id not in model', { type: 'binary', fields: [{ id: 'lvl', type: 'u16' }] }, 'binary layout: codec.fields[0].id: "lvl" is not a property in model.json'],
     ['duplicate id', { type: 'binary', fields: [{ id: 'level', type: 'u16' }, { id: 'level', type: 'u8' }] }, 'binary layout: codec.fields[1].id: duplicate id "level" (also fields[0])'],
     ['text target', { type: 'binary', fields: [{ id: 'label', type: 'u8' }] }, 'binary layout: codec.fields[0].id: label is a text in model.json; a u8 field carries a number'],

@@ -580,7 +580,7 @@ describe('protobuf: product definitions are checked at load', () => {
     );
     expect(loadError({ codec: { proto: 'report.proto' } })).toBe('<dir>/product.json: codec: a protobuf codec needs "message", "typeByte" or "messages"');
     expect(loadError({ codec: { ...report, keepCase: false } })).toBe(
-      '<dir>/product.json: codec.keepCase: unknown key (allowed: type, proto, message, typeByte, messages, events, fields)',
+      '<dir>/product.json: codec.keepCase: unknown key (allowed: type, proto, message, typeByte, messages, events, fields, downlink)',
     );
   });
 

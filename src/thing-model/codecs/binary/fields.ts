@@ -87,6 +87,10 @@ export interface Env {
   switchInfo: SwitchInfo | undefined;
   /** Path of the field that gives the item's device time, once one does. */
   tsPath: string | undefined;
+  /** The layout is codec.downlink (a field may carry the Alink message id). Absent: uplink. */
+  downlink?: boolean;
+  /** Path of the field that carries the Alink message id, once one does (downlink only). */
+  msgIdPath?: string | undefined;
 }
 
 /** Key under which an `item` field of a group reports, read back by the group. */
@@ -313,7 +317,29 @@ function place(env: Env, f: JsonObject, p: string, label: string, size: number |
 // ---------------------------------------------------------------------------------------------
 // Numbers.
 
-const NUMBER_KEYS = ['id', 'name', 'type', 'endian', 'scale', 'offset', 'const', 'at', 'ts'] as const;
+const NUMBER_KEYS = ['id', 'name', 'type', 'endian', 'scale', 'offset', 'const', 'at', 'ts', 'msgId'] as const;
+const UNSIGNED: ReadonlySet<string> = new Set(['u8', 'u16', 'u32', 'u64']);
+
+/**
+ * `"msgId": true` (downlink only): the field carries the command's Alink message id, so the device
+ * can echo it in its reply. The id is the store's sequence number; a narrow field gets its low
+ * bits (id mod 2^bits), which tells apart every command a device can have open at once.
+ */
+function msgIdOf(env: Env, f: JsonObject, p: string, type: FieldTypeName): boolean {
+  if (f.msgId === undefined) return false;
+  const at = keyPath(p, 'msgId');
+  if (!env.r.boolean(f.msgId, at)) return false;
+  // The group check first: a group's own Env does not carry `downlink`.
+  if (env.group !== undefined) env.r.fail(at, 'not allowed in a group item (one message id per frame)');
+  if (!env.downlink) env.r.fail(at, 'only in codec.downlink (a command carries an Alink message id; an uplink frame reports none)');
+  if (!UNSIGNED.has(type)) env.r.fail(at, `the message id goes in an unsigned integer field (u8, u16, u32, u64), not ${type}`);
+  for (const key of ['id', 'const', 'scale', 'offset', 'ts'] as const) {
+    if (f[key] !== undefined) env.r.fail(keyPath(p, key), 'not allowed with "msgId": true (the field carries the message id and nothing else)');
+  }
+  if (env.msgIdPath !== undefined) env.r.fail(at, `the message id already goes in ${env.msgIdPath}`);
+  env.msgIdPath = relative(env, p);
+  return true;
+}
 
 function numberField(env: Env, f: JsonObject, p: string, i: number, type: FieldTypeName): CompiledField {
   const r: DefinitionReader = env.r;
@@ -337,6 +363,7 @@ function numberField(env: Env, f: JsonObject, p: string, i: number, type: FieldT
   requireTargets(env, p, display, targets, NUMBER_TARGETS, type, 'a number');
   requireIntegral(env, p, display, targets, scale, offset);
   const ts = tsOf(env, f, p);
+  const msgId = msgIdOf(env, f, p, type);
   const size = ft.size;
   const at = place(env, f, p, label, size, size, size);
 
@@ -409,6 +436,9 @@ function numberField(env: Env, f: JsonObject, p: string, i: number, type: FieldT
     } else if (ts) {
       if (w.ts === undefined) throw encodeError(w, info, pos, `no device time (ts) for ${label}`, 'missing', undefined, undefined);
       raw = fromValue(w, pos, w.ts, 'ts');
+    } else if (msgId) {
+      if (w.msgId === undefined) throw encodeError(w, info, pos, `no numeric message id for ${label}`, 'missing', undefined, undefined);
+      raw = w.msgId % (ft.max + 1);
     } else raw = constant ?? 0;
     ft.write(w.dv, pos, raw, le);
     return pos + size;

@@ -76,6 +76,10 @@ export interface EncodeSelect {
   ts?: number;
   /** A message's name or switch value. */
   message?: string | number;
+  /** Downlink: the Alink method (the messages of codec.downlink that carry it). */
+  method?: string;
+  /** Downlink: the Alink message id, for a field with "msgId": true. */
+  msgId?: number;
 }
 
 /**
@@ -95,6 +99,7 @@ export function encodeBinary(layout: BinaryLayout, values: Readonly<Record<strin
     }
   }
   const w = new WriteState(msg.minSize, msg.when ?? 0, select.ts);
+  w.msgId = select.msgId;
   let pos = 0;
   for (const f of layout.fields) pos = f.write(w, pos, values);
   for (const f of msg.fields) pos = f.write(w, pos, values);
@@ -121,6 +126,11 @@ function chooseMessage(layout: BinaryLayout, select: EncodeSelect, keys: string[
     const m = layout.messages.find((x) => x.name === select.message || x.when === select.message);
     if (!m) throw invalid(`no message ${show(select.message)} in the layout`, 'message', select.message);
     candidates = [m];
+  }
+  if (select.method !== undefined) {
+    const method = select.method;
+    candidates = candidates.filter((m) => m.method === method);
+    if (candidates.length === 0) throw invalid(`no downlink message for ${method}`, 'message', method);
   }
   const { kind, event } = select;
   if (kind !== undefined) {

@@ -106,6 +106,8 @@ export class WriteState {
   /** End of the furthest byte written so far: the frame length. */
   end = 0;
   ts: number | undefined;
+  /** The Alink message id, for a downlink field with "msgId": true (a non-negative integer). */
+  msgId: number | undefined = undefined;
   /** The chosen message's switch value. */
   when: number;
   index = 0;
@@ -178,6 +180,8 @@ export interface BinaryMessage {
   readonly name: string | undefined;
   readonly kind: 'property' | 'event';
   readonly event?: string;
+  /** Downlink (codec.downlink): the Alink method the message carries; `kind` is then unused. */
+  readonly method?: string;
   /** The message's own fields followed by the trailer, compiled at this message's offsets. */
   readonly fields: readonly CompiledField[];
   /** Frame size in bytes when fixed (header + fields + trailer). */
