@@ -54,8 +54,8 @@ const MAX_SEQ = 0xffffffff;
 /**
  * One module's authentication state. Concurrent uplinks of the same module (a fleet at a fixed rate)
  * share one /auth exchange. Sequence numbers are handed out in send order; the gateway takes any
- * number above the last one it accepted, so a request overtaken on a jittery link gets 4.01 and is
- * sent again with a fresh number (see `refused`).
+ * number above the last one it accepted, so a request overtaken on a jittery link gets 4.01; the
+ * caller then calls refused() and sends it again after a new /auth (the fleet does).
  */
 export class CoapAuthSession {
   private token: Buffer | null = null;
@@ -63,7 +63,7 @@ export class CoapAuthSession {
   private seq = 0;
   private lastTimestamp = 0;
   private pending: Promise<AuthAnswer> | null = null;
-  /** The last /auth answer that was not 2.05 (for reports). */
+  /** The last /auth answer that gave no token (the fleet reports an uplink it could not send under its code). */
   lastFailure: AuthAnswer | null = null;
 
   constructor(
