@@ -148,10 +148,11 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
     await waitUntil(async () => (await status(ports.http)).upstreams.find((u: { name: string }) => u.name === 'live').pending === 0, 5000, 'live upstream caught up');
     const s = await status(ports.http);
     const byName = Object.fromEntries(s.upstreams.map((u: { name: string }) => [u.name, u]));
-    expect(byName.live).toMatchObject({ connected: true, pending: 0, forwarded: 500 });
-    expect(byName.dead).toMatchObject({ connected: false, pending: 500, forwarded: 0 });
+    // 501: the 500 posts and the device's "online" state record.
+    expect(byName.live).toMatchObject({ connected: true, pending: 0, forwarded: 501 });
+    expect(byName.dead).toMatchObject({ connected: false, pending: 501, forwarded: 0 });
     expect(byName.dead.lastError).toMatch(/ECONNREFUSED/);
-    expect(s.buffer.pending).toBe(500);
+    expect(s.buffer.pending).toBe(501);
   });
 
   it('full buffer, reject-new: exactly the records past maxRecords are refused (Alink 503, CoAP 5.03) and /status says so', { timeout: 60_000 }, async () => {
@@ -166,8 +167,9 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
     await device.subscribeAsync(`${SENSOR_TOPIC}_reply`);
     for (let i = 0; i < 80; i++) await device.publishAsync(SENSOR_TOPIC, JSON.stringify({ id: `f${i}`, params: { temperature: 22 } }), { qos: 1 });
     await waitUntil(() => replies.length === 80, 5000, '80 replies');
-    expect(replies.filter((r) => r.code === 200).map((r) => r.id)).toEqual(Array.from({ length: 50 }, (_, i) => `f${i}`));
-    expect(replies.filter((r) => r.code === 503)).toHaveLength(30);
+    // The device's session opened with a liveness record (kind "state"), which holds one of the 50 places.
+    expect(replies.filter((r) => r.code === 200).map((r) => r.id)).toEqual(Array.from({ length: 49 }, (_, i) => `f${i}`));
+    expect(replies.filter((r) => r.code === 503)).toHaveLength(31);
     const coap = new CoapClient('127.0.0.1', ports.coap);
     cleanups.push(() => coap.close());
     await coap.authenticate({ ...DEMO.meter, deviceSecret: await deviceSecret(DEMO.meter.productKey, DEMO.meter.deviceName) });
@@ -176,8 +178,9 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
     expect(refused.packet.options.find((o) => o.name === 'Max-Age')).toBeDefined();
 
     let s = await status(ports.http);
-    expect(s.buffer).toMatchObject({ state: 'full', whenFull: 'reject-new', records: 50, maxRecords: 50, refused: 31, dropped: 0 });
-    expect(s.ingest.rejectedByCode.WANWU_ERR_BUFFER_FULL).toEqual({ mqtt: 30, coap: 1 });
+    // Refused: the 31 posts and the CoAP uplink (a refused uplink makes no liveness record).
+    expect(s.buffer).toMatchObject({ state: 'full', whenFull: 'reject-new', records: 50, maxRecords: 50, refused: 32, dropped: 0 });
+    expect(s.ingest.rejectedByCode.WANWU_ERR_BUFFER_FULL).toEqual({ mqtt: 31, coap: 1 });
     expect(s.buffer.deadLetters).toBe(0);
     // The upstream comes up: the 50 drain, and intake works again.
     const broker = new Mosquitto(dir);
@@ -209,8 +212,9 @@ describe.skipIf(skipInterop)('faults (real mosquitto, gateway as a child process
     cleanups.push(() => device.end(true));
     for (let i = 0; i < 80; i++) await device.publishAsync(SENSOR_TOPIC, JSON.stringify({ id: `d${i}`, params: { temperature: 23 } }), { qos: 1 });
     const s = await status(ports.http);
-    expect(s.buffer).toMatchObject({ state: 'full', whenFull: 'drop-oldest', records: 50, refused: 0, dropped: 30 });
-    expect(s.upstreams[0]).toMatchObject({ dropped: 30, pending: 50 });
+    // 81 records: the device's "online" state record (the oldest, so dropped first) and its 80 posts.
+    expect(s.buffer).toMatchObject({ state: 'full', whenFull: 'drop-oldest', records: 50, refused: 0, dropped: 31 });
+    expect(s.upstreams[0]).toMatchObject({ dropped: 31, pending: 50 });
     expect(s.ingest.accepted.mqtt).toBe(80);
     await broker.start(broker.port);
     await waitUntil(() => app.seen.size === 50, 15_000, 'the newest 50 upstream').catch(async (err: Error) => {
