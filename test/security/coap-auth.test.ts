@@ -4,6 +4,7 @@
 // larger than the request (RFC 7252 §11.3). Raw dgram + coap-packet clients against an in-process
 // gateway, and against the listener alone where the test needs a clock.
 
+import { createHmac } from 'node:crypto';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generate, parse, type Option, type Packet, type ParsedPacket } from 'coap-packet';
@@ -109,6 +110,28 @@ async function gateway(mode: 'required' | 'optional' | undefined, opts: { device
 }
 
 describe('CoAP authentication on a gateway with coap.auth.mode "required"', () => {
+  it("takes Alibaba's full sign content: every parameter but sign and signmethod, sorted, with seq as a string (the C SDK's form)", async () => {
+    const g = await gateway('required');
+    const c = await g.client();
+    const timestamp = String(Date.now());
+    const fields = { productKey: WM1.productKey, deviceName: WM1.deviceName, clientId: 'wm-0001-sdk', timestamp, seq: '41' };
+    // help.aliyun.com/document_detail/57697.html: names ascending, name+value joined with nothing between.
+    const content = `clientId${fields.clientId}deviceName${fields.deviceName}productKey${fields.productKey}seq41timestamp${timestamp}`;
+    const sign = createHmac('sha256', WM1.secret).update(content).digest('hex');
+    const a = await c.request(authPacket({ ...fields, signmethod: 'hmacsha256', sign }));
+    expect(a.packet.code).toBe('2.05');
+    const { token } = JSON.parse(text(a)) as { token: string };
+    // The body's seq (41, given as a string) is where the device's numbering starts.
+    expect((await c.request(meterPacket('wm-0001', { token, seq: 41 }))).packet.code).toBe('4.01');
+    expect((await c.request(meterPacket('wm-0001', { token, seq: 42 }))).packet.code).toBe('2.04');
+    // The same body with a sign over the content without seq is accepted too (Wanwu's MQTT-form sign),
+    // but a sign over anything else is not.
+    const wrong = createHmac('sha256', WM1.secret).update(content.replace('seq41', 'seq40')).digest('hex');
+    const refused = await c.request(authPacket({ ...fields, timestamp: String(Number(timestamp) + 1), signmethod: 'hmacsha256', sign: wrong }));
+    expect(refused.packet.code).toBe('4.01');
+    expect(g.committed()).toBe(1);
+  });
+
   it('authenticates, then accepts posts with the token and increasing sequence numbers, from any source port', async () => {
     const g = await gateway('required');
     const c = await g.client();

@@ -18,14 +18,17 @@
 // Memory is bounded: tokens (coap.auth.maxTokens, oldest dropped first) and /auth signs already used
 // (same cap) live in insertion-ordered Maps swept by the listener's maintenance timer.
 
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { WanwuError } from '../../errors.js';
 import { checkCard, deviceRefusal, type Registry } from '../../registry/index.js';
-import { SIGN_METHODS, verifySign, type SignMethod } from '../../registry/sign.js';
+import { computeSign, SIGN_METHODS, verifySign, type SignMethod } from '../../registry/sign.js';
 import { decryptSeq, deriveKey } from './encryption.js';
 import { decodeUint } from './protocol.js';
 
-/** Alibaba IoT's CoAP option numbers: the token (2088) and the sequence number (2089). Both elective (even, RFC 7252 §5.4.1). */
+/**
+ * Alibaba IoT's CoAP option numbers: the token (2088, even: elective) and the sequence number (2089, odd:
+ * critical, RFC 7252 §5.4.1, so a server that does not know it must refuse the request rather than ignore it).
+ */
 export const OPT_AUTH_TOKEN = 2088;
 export const OPT_AUTH_SEQ = 2089;
 /** The Uri-Path of the authentication request: POST /auth. */
@@ -127,6 +130,16 @@ interface Session {
   key: Buffer | undefined;
 }
 
+/** Parameters Alibaba leaves out of the CoAP sign content. */
+const SIGN_EXCLUDED: ReadonlySet<string> = new Set(['sign', 'signmethod', 'version']);
+
+/** Constant-time comparison of two hex signs (case-insensitive). */
+function sameHex(expected: string, given: string): boolean {
+  const a = Buffer.from(expected.toLowerCase(), 'utf8');
+  const b = Buffer.from(given.toLowerCase(), 'utf8');
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
 interface AuthBody {
   productKey: string;
   deviceName: string;
@@ -136,6 +149,13 @@ interface AuthBody {
   sign: string;
   iccid?: string;
   seq?: number;
+  /**
+   * Alibaba's sign content for CoAP is every submitted parameter except sign, signmethod and version,
+   * sorted by name and joined as name+value (help.aliyun.com/document_detail/57697.html), so a device
+   * that also sends `seq` (Alibaba's C SDK does) signs it too. Set only when the body has parameters
+   * beyond the four of the MQTT form; check() accepts a sign over either content.
+   */
+  fullContent?: string;
 }
 
 export class CoapAuthenticator {
@@ -171,7 +191,10 @@ export class CoapAuthenticator {
     const badSign = () => new WanwuError('WANWU_ERR_AUTH', `/auth of ${productKey}/${deviceName}: unknown device or bad sign`);
     if (!device) return this.refuse('unknownDevice', badSign());
     const login = { id: parsed.clientId, productKey, deviceName, signMethod: parsed.signMethod, timestamp: parsed.timestamp };
-    if (!verifySign(login, device.deviceSecret, parsed.sign)) return this.refuse('badSign', badSign());
+    const signed =
+      verifySign(login, device.deviceSecret, parsed.sign) ||
+      (parsed.fullContent !== undefined && sameHex(computeSign(parsed.signMethod, device.deviceSecret, parsed.fullContent), parsed.sign));
+    if (!signed) return this.refuse('badSign', badSign());
 
     const t = this.now();
     const windowMs = this.opts.timestampWindowS * 1000;
@@ -370,8 +393,20 @@ function parseAuthBody(body: Buffer): AuthBody | string {
     result.iccid = iccid;
   }
   if (o.seq !== undefined) {
-    if (typeof o.seq !== 'number' || !Number.isInteger(o.seq) || o.seq < 0 || o.seq > 0xffffffff) return 'seq: expected an integer 0-4294967295';
-    result.seq = o.seq;
+    // Alibaba's C SDK sends it as a string of digits.
+    const seq = typeof o.seq === 'string' && /^\d{1,10}$/.test(o.seq) ? Number(o.seq) : o.seq;
+    if (typeof seq !== 'number' || !Number.isInteger(seq) || seq < 0 || seq > 0xffffffff) return 'seq: expected an integer 0-4294967295';
+    result.seq = seq;
+  }
+  const extra = Object.keys(o).filter((k) => !SIGN_EXCLUDED.has(k) && !['productKey', 'deviceName', 'clientId', 'timestamp'].includes(k));
+  if (extra.length > 0) {
+    const parts: string[] = [];
+    for (const k of Object.keys(o).filter((k) => !SIGN_EXCLUDED.has(k)).sort()) {
+      const v = o[k];
+      if (typeof v !== 'string' && typeof v !== 'number') return `${k}: expected a string or a number`;
+      parts.push(`${k}${String(v)}`);
+    }
+    result.fullContent = parts.join('');
   }
   return result;
 }
