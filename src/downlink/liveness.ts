@@ -110,16 +110,9 @@ export interface Liveness {
   stats(): LivenessStats;
 }
 
-interface Entry {
-  productKey: string;
-  deviceName: string;
+/** A tracked device: its stored row plus what only lives in memory. */
+interface Entry extends LivenessRow {
   rat: Rat;
-  state: LivenessState;
-  since: number;
-  lastSeen: number;
-  mode: LivenessMode;
-  transport: Transport;
-  gaps: number[];
   /** When the next timed change is due (Infinity: none). */
   deadline: number;
   /** Position in the heap, -1 when not in it. */

@@ -3,6 +3,7 @@
 // (product.json "downlink": {"coap": "push"}); a copy of TrackerCat1 turned NB-IoT (Alink JSON over
 // CoAP) gets them piggybacked in the answers to its uplinks and replies {"id","code":200}.
 
+import { fleetOptions } from '../helpers/fleet.js';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -37,25 +38,10 @@ describe('wanwu-sim NB-IoT devices and commands', () => {
     const downlink = gw.downlink()!;
     const raw = downlink.submit('WaterMeterNB', 'wm-0001', { raw: '0102' }, 'api');
     const sets = ['tr-0001', 'tr-0002', 'tr-0003'].map((dn) => downlink.submit('TrackerCat1', dn, { method: 'thing.service.property.set', params: { workMode: 1 } }, 'api'));
-    const a = gw.addresses();
-    const r = await runFleet({
-      devicesDir,
-      coap: `coap://127.0.0.1:${a.coap.port}`,
-      mqtt: `mqtt://127.0.0.1:${a.mqtt.port}`,
+    const r = await runFleet(
       // The 12 NB-IoT devices: 3 each of AlarmNB, SoilNB, TrackerCat1 (here NB-IoT) and WaterMeterNB.
-      fleet: { nbiot: 12, cat1: 0, redcap: 0 },
-      durationMs: 1500,
-      intervalMs: { 'nb-iot': 300, cat1: 1000, redcap: 1000 },
-      jitter: 0.2,
-      activeWindowMs: 100,
-      confirmable: true,
-      coapTiming: { ackTimeoutMs: 1000 },
-      qos: 1,
-      keepaliveS: 60,
-      faults: { invalidRate: 0, malformedRate: 0, duplicateRate: 0 },
-      seed: 5,
-      drainMs: 5_000,
-    });
+      fleetOptions(gw, devicesDir, { upstream: undefined, fleet: { nbiot: 12, cat1: 0, redcap: 0 }, durationMs: 1500, intervalMs: { 'nb-iot': 300, cat1: 1000, redcap: 1000 }, activeWindowMs: 100, seed: 5, drainMs: 5_000 }),
+    );
     expect(r.errors).toEqual({});
     expect(r.acked).toBe(r.sent);
     expect(r.commands).toMatchObject({ piggybacked: 3, pushed: 1, replied: 3, replyErrors: 0 });

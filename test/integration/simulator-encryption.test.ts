@@ -3,6 +3,7 @@
 // "required", whose WaterMeterNB encrypts; every uplink is accepted and every record arrives. A
 // device sending in clear would get 4.01 WANWU_ERR_DECRYPT, which the run counts as an error.
 
+import { fleetOptions } from '../helpers/fleet.js';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -29,26 +30,10 @@ describe('wanwu-sim fleet with an encrypting NB-IoT product', () => {
   });
 
   it('encrypts the uplinks of that product, and the gateway takes every one', async () => {
-    const a = gw.addresses();
-    const r = await runFleet({
-      devicesDir,
-      coap: `coap://127.0.0.1:${a.coap.port}`,
-      mqtt: `mqtt://127.0.0.1:${a.mqtt.port}`,
-      upstream: { url: `mqtt://127.0.0.1:${a.mqtt.port}`, topic: 'wanwu/#', username: 'app', password: 'wanwu-demo' },
+    const r = await runFleet(
       // The 9 demo NB-IoT devices: 3 each of WaterMeterNB (encrypting), AlarmNB and SoilNB (in clear).
-      fleet: { nbiot: 9, cat1: 0, redcap: 0 },
-      durationMs: 2000,
-      intervalMs: { 'nb-iot': 300, cat1: 1000, redcap: 1000 },
-      jitter: 0.2,
-      activeWindowMs: 100,
-      confirmable: true,
-      coapTiming: { ackTimeoutMs: 1000 },
-      qos: 1,
-      keepaliveS: 60,
-      faults: { invalidRate: 0, malformedRate: 0, duplicateRate: 0 },
-      seed: 11,
-      drainMs: 10_000,
-    });
+      fleetOptions(gw, devicesDir, { fleet: { nbiot: 9, cat1: 0, redcap: 0 }, durationMs: 2000, intervalMs: { 'nb-iot': 300, cat1: 1000, redcap: 1000 }, activeWindowMs: 100, seed: 11 }),
+    );
     expect(r.errors).toEqual({});
     expect(r.sent).toBeGreaterThan(9);
     expect(r.acked).toBe(r.sent);

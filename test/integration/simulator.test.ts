@@ -1,6 +1,7 @@
 // wanwu-sim against a real gateway in this process: hundreds of simulated devices over CoAP and MQTT
 // for a few seconds, end-to-end matching through the gateway's own upstream, zero loss expected.
 
+import { fleetOptions } from '../helpers/fleet.js';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,25 +25,7 @@ describe('wanwu-sim fleet against an in-process gateway', () => {
     cpSync(DEVICES_DIR, devicesDir, { recursive: true });
     provisionDevices(devicesDir, 120);
     gw = await startGateway(dir.path, [{ name: 'local', url: 'local' }], { devicesDir });
-    const a = gw.addresses();
-    base = {
-      devicesDir,
-      coap: `coap://127.0.0.1:${a.coap.port}`,
-      mqtt: `mqtt://127.0.0.1:${a.mqtt.port}`,
-      upstream: { url: `mqtt://127.0.0.1:${a.mqtt.port}`, topic: 'wanwu/#', username: 'app', password: 'wanwu-demo' },
-      fleet: { nbiot: 300, cat1: 60, redcap: 30 },
-      durationMs: 4000,
-      intervalMs: { 'nb-iot': 1000, cat1: 500, redcap: 200 },
-      jitter: 0.2,
-      activeWindowMs: 500,
-      confirmable: true,
-      coapTiming: { ackTimeoutMs: 1000 },
-      qos: 1,
-      keepaliveS: 60,
-      faults: { invalidRate: 0, malformedRate: 0, duplicateRate: 0 },
-      seed: 7,
-      drainMs: 10_000,
-    };
+    base = fleetOptions(gw, devicesDir);
   });
 
   afterAll(async () => {
@@ -131,12 +114,8 @@ describe('wanwu-sim fleet against an in-process gateway', () => {
     const small = tempDir('wanwu-sim-tokens-');
     const tight = await startGateway(small.path, [{ name: 'local', url: 'local' }], { devicesDir, coap: { host: '127.0.0.1', port: 0, auth: { maxTokens: 16 } } });
     try {
-      const a = tight.addresses();
       const r = await runFleet({
-        ...base,
-        coap: `coap://127.0.0.1:${a.coap.port}`,
-        mqtt: `mqtt://127.0.0.1:${a.mqtt.port}`,
-        upstream: { ...base.upstream!, url: `mqtt://127.0.0.1:${a.mqtt.port}` },
+        ...fleetOptions(tight, devicesDir),
         fleet: { nbiot: 24, cat1: 0, redcap: 0 },
         rate: 60,
         durationMs: 1500,

@@ -87,6 +87,17 @@ function recordingLogger(): Logger & { warnings: Array<{ obj: object; msg?: stri
   return { ...silentLogger, warnings, warn: (obj: object, msg?: string) => warnings.push({ obj, msg }) };
 }
 
+/** A copy of devices/ in which WaterMeterNB opts out of CoAP authentication ("auth": "none"). */
+function devicesWithOptOut(): string {
+  const dir = tempDir('wanwu-coap-auth-devices-');
+  cleanups.push(() => dir.cleanup());
+  const devicesDir = join(dir.path, 'devices');
+  cpSync(DEVICES_DIR, devicesDir, { recursive: true });
+  const productFile = join(devicesDir, 'WaterMeterNB', 'product.json');
+  writeFileSync(productFile, JSON.stringify({ ...JSON.parse(readFileSync(productFile, 'utf8')), auth: 'none' }));
+  return devicesDir;
+}
+
 async function gateway(mode: 'required' | 'optional' | undefined, opts: { devicesDir?: string; logger?: Logger } = {}) {
   const dir = tempDir('wanwu-coap-auth-');
   const config = gatewayConfig(dir.path, [{ name: 'local', url: 'local' }], {
@@ -281,12 +292,7 @@ describe('CoAP authentication on a gateway with coap.auth.mode "required"', () =
   });
 
   it('lets a product that opts out ("auth": "none") post without a token, and warns at start', async () => {
-    const dir = tempDir('wanwu-coap-auth-devices-');
-    cleanups.push(() => dir.cleanup());
-    const devicesDir = join(dir.path, 'devices');
-    cpSync(DEVICES_DIR, devicesDir, { recursive: true });
-    const productFile = join(devicesDir, 'WaterMeterNB', 'product.json');
-    writeFileSync(productFile, JSON.stringify({ ...JSON.parse(readFileSync(productFile, 'utf8')), auth: 'none' }));
+    const devicesDir = devicesWithOptOut();
     const logger = recordingLogger();
     const g = await gateway('required', { devicesDir, logger });
 
@@ -334,12 +340,7 @@ describe('CoAP authentication with the default configuration (no coap.auth given
   });
 
   it('still lets a product with "auth": "none" post without a token, warns about it at start, and guards every other product', async () => {
-    const dir = tempDir('wanwu-coap-auth-default-');
-    cleanups.push(() => dir.cleanup());
-    const devicesDir = join(dir.path, 'devices');
-    cpSync(DEVICES_DIR, devicesDir, { recursive: true });
-    const productFile = join(devicesDir, 'WaterMeterNB', 'product.json');
-    writeFileSync(productFile, JSON.stringify({ ...JSON.parse(readFileSync(productFile, 'utf8')), auth: 'none' }));
+    const devicesDir = devicesWithOptOut();
     const logger = recordingLogger();
     const g = await gateway(undefined, { devicesDir, logger });
 
