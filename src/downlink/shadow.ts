@@ -86,7 +86,8 @@ export interface Shadow {
 interface PendingDevice {
   productKey: string;
   deviceName: string;
-  values: Map<string, ReportedValue>;
+  /** The record's own value (records are not changed once committed): made JSON only when written. */
+  values: Map<string, { value: unknown; time: number }>;
 }
 
 export function createShadow(opts: ShadowOptions): Shadow {
@@ -116,7 +117,7 @@ export function createShadow(opts: ShadowOptions): Shadow {
       }
       pendingCount++;
     }
-    d.values.set(id, { json: JSON.stringify(value), time });
+    d.values.set(id, { value, time });
   }
 
   function flush(): void {
@@ -169,7 +170,7 @@ export function createShadow(opts: ShadowOptions): Shadow {
       const values = store ? store.reported(productKey, deviceName) : new Map<string, ReportedValue>();
       for (const [id, v] of pending.get(key(productKey, deviceName))?.values ?? []) {
         const stored = values.get(id);
-        if (!stored || stored.time <= v.time) values.set(id, v);
+        if (!stored || stored.time <= v.time) values.set(id, { json: JSON.stringify(v.value), time: v.time });
       }
       const out: Record<string, ReportedProperty> = {};
       for (const id of [...values.keys()].sort()) {

@@ -135,11 +135,11 @@ export class DeviceStateStore {
   }
 
   /** Writes reported values (device key `${pk}/${dn}` -> identifier -> value) in one transaction. */
-  saveReported(batch: ReadonlyMap<string, { productKey: string; deviceName: string; values: ReadonlyMap<string, ReportedValue> }>): void {
+  saveReported(batch: ReadonlyMap<string, { productKey: string; deviceName: string; values: ReadonlyMap<string, { value: unknown; time: number }> }>): void {
     const put = this.stmts.putReported;
     this.db.transaction(() => {
       for (const d of batch.values()) {
-        for (const [id, v] of d.values) put.run(d.productKey, d.deviceName, id, v.json, v.time);
+        for (const [id, v] of d.values) put.run(d.productKey, d.deviceName, id, JSON.stringify(v.value), v.time);
       }
     })();
   }

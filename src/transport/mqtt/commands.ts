@@ -190,6 +190,14 @@ export function topicMatches(filter: string, topic: string): boolean {
   return f.length === t.length;
 }
 
+/** Whether any subscription of the client matches `topic` (no Map built: called per device publish). */
+export function isSubscribed(client: Client, topic: string): boolean {
+  const subs = (client as unknown as { subscriptions?: Record<string, unknown> }).subscriptions;
+  if (!subs) return false;
+  for (const filter in subs) if (topicMatches(filter, topic)) return true;
+  return false;
+}
+
 function subscriptionsOf(client: Client): Map<string, number> {
   const subs = (client as unknown as { subscriptions?: Record<string, { qos?: number } | undefined> }).subscriptions ?? {};
   const out = new Map<string, number>();

@@ -27,7 +27,7 @@ import { computeSign, parseMqttLogin, SIGN_METHODS, verifySign, type MqttLogin, 
 import type { IngestHandler, IngestOutcome, Logger, RawMessage } from '../../types.js';
 import { parseUplinkTopic, replyTopic } from '../../thing-model/topic.js';
 import type { DownlinkPort, PresenceEvent } from '../../downlink/types.js';
-import { MqttCommandDelivery } from './commands.js';
+import { isSubscribed, MqttCommandDelivery } from './commands.js';
 import { GuardedConnection, MQTT_MAX_PACKET_BYTES, PacketGuard } from './guard.js';
 import { PresenceTracker } from './presence.js';
 import { AuditLog, ConnectFloodDetector, identifierRefused, PublishRateLimiter, topicRefusal, type MqttRefusal } from './limits.js';
@@ -625,7 +625,7 @@ class AedesListener implements MqttListener {
       );
       return;
     }
-    const accept = () => this.ingestPublish(session, packet, payload, receivedAt, peer, done);
+    const accept = () => this.ingestPublish(client, session, packet, payload, receivedAt, peer, done);
     if (!this.rate) return accept();
     const r = this.rate.reserve(session.key, this.now());
     if (r.allowed && r.delayMs === 0) return accept();
@@ -645,7 +645,7 @@ class AedesListener implements MqttListener {
     const msgId = peekAlinkId(payload);
     const refuse = () => {
       done(null);
-      this.reply(packet.topic, { error, committed: 0, deadLettered: false, ...(msgId === undefined ? {} : { msgId }) });
+      this.reply(client, packet.topic, { error, committed: 0, deadLettered: false, ...(msgId === undefined ? {} : { msgId }) });
     };
     if (r.delayMs > 0) this.hold(r.delayMs, refuse, abort);
     else refuse();
@@ -663,6 +663,7 @@ class AedesListener implements MqttListener {
   }
 
   private ingestPublish(
+    client: Client,
     session: Extract<Session, { role: 'device' }>,
     packet: PublishPacket,
     payload: Buffer,
@@ -679,7 +680,7 @@ class AedesListener implements MqttListener {
       this.opts.refuse(raw, error).then(
         () => {
           done(null);
-          this.reply(packet.topic, { error, committed: 0, deadLettered: true });
+          this.reply(client, packet.topic, { error, committed: 0, deadLettered: true });
         },
         (storageErr: unknown) => done(storageErr as Error),
       );
@@ -701,17 +702,22 @@ class AedesListener implements MqttListener {
         return done(outcome.error);
       }
       done(null);
-      this.reply(packet.topic, outcome);
+      this.reply(client, packet.topic, outcome);
     });
   }
 
   /** Alink reply on {topic}_reply: {id, code, data, message} (code 200 = ok). */
-  private reply(topic: string, outcome: IngestOutcome): void {
+  private reply(client: Client, topic: string, outcome: IngestOutcome): void {
     const broker = this.broker;
     if (!broker) return;
     // A reply is never answered (Alibaba has no `..._reply_reply`): a device's reply to a command
     // completes it or is refused, counted and dead-lettered by the pipeline, and that is all.
     if (topic.endsWith('_reply')) return;
+    // Only the device itself may subscribe under its /sys/{pk}/{dn}/ (authorizeSubscribe), and it is
+    // the client that just published: when none of its subscriptions matches, nobody would get the
+    // reply, so it is not built and routed at all (about 6% of the MQTT path under load).
+    const replyTo = replyTopic(topic);
+    if (!isSubscribed(client, replyTo)) return;
     const body: Record<string, unknown> = {};
     if (outcome.msgId !== undefined) body.id = outcome.msgId;
     body.code = outcome.error ? outcome.error.alinkCode : 200;
@@ -720,7 +726,7 @@ class AedesListener implements MqttListener {
     if (outcome.method !== undefined) body.method = outcome.method;
     body.version = '1.0';
     broker.publish(
-      { cmd: 'publish', topic: replyTopic(topic), payload: Buffer.from(JSON.stringify(body)), qos: 0, retain: false, dup: false },
+      { cmd: 'publish', topic: replyTo, payload: Buffer.from(JSON.stringify(body)), qos: 0, retain: false, dup: false },
       () => {},
     );
   }

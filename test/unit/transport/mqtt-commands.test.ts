@@ -2,7 +2,8 @@
 // topic filters [MQTT-4.7.1] and the QoS a command is published with [MQTT-3.3.5-1].
 
 import { describe, expect, it } from 'vitest';
-import { grantedQos, topicMatches } from '../../../src/transport/mqtt/commands.js';
+import type { Client } from 'aedes';
+import { grantedQos, isSubscribed, topicMatches } from '../../../src/transport/mqtt/commands.js';
 
 const SET = '/sys/P/d/thing/service/property/set';
 
@@ -34,5 +35,18 @@ describe('grantedQos [MQTT-3.3.5-1]', () => {
     expect(grantedQos(new Map([['/sys/P/d/#', 0]]), SET)).toBe(0);
     expect(grantedQos(new Map([['/sys/P/d/#', 0], [SET, 1]]), SET)).toBe(1);
     expect(grantedQos(new Map([['/sys/P/d/#', 2], [SET, 0]]), SET)).toBe(2);
+  });
+});
+
+describe('isSubscribed (whether an Alink reply has anyone to go to)', () => {
+  const client = (filters: string[]) => ({ subscriptions: Object.fromEntries(filters.map((f) => [f, { qos: 0 }])) }) as unknown as Client;
+  const REPLY = '/sys/TrackerCat1/tr-0001/thing/event/property/post_reply';
+  it('matches the reply topic against the client\'s own filters, wildcards included', () => {
+    expect(isSubscribed(client([REPLY]), REPLY)).toBe(true);
+    expect(isSubscribed(client(['/sys/TrackerCat1/tr-0001/#']), REPLY)).toBe(true);
+    expect(isSubscribed(client(['/sys/TrackerCat1/tr-0001/thing/event/+/post_reply']), REPLY)).toBe(true);
+    expect(isSubscribed(client(['/sys/TrackerCat1/tr-0001/thing/service/#']), REPLY)).toBe(false);
+    expect(isSubscribed(client([]), REPLY)).toBe(false);
+    expect(isSubscribed({} as Client, REPLY)).toBe(false);
   });
 });
