@@ -1,6 +1,6 @@
 // Composition root: builds every stage from the configuration and starts and stops them in order.
 //   start: registry -> buffer -> downlink -> liveness, shadow -> MQTT listener -> CoAP listener -> forwarders -> status
-//   stop:  listeners stop accepting -> in-flight commits finish -> shadow, liveness -> registry (last seen) -> forwarders close -> buffer -> status
+//   stop:  listeners stop accepting -> in-flight commits finish -> shadow, liveness -> registry (last seen) -> forwarders close -> downlink -> buffer -> status
 
 import { randomBytes } from 'node:crypto';
 import { createBuffer, type RecordBuffer } from './buffer/index.js';
