@@ -77,6 +77,8 @@ const insertDeadLetter = db.prepare(sql.insertDeadLetter);
 const upsertCursor = db.prepare(sql.upsertCursor);
 const deleteThrough = db.prepare(sql.deleteThrough);
 const lastSeq = db.prepare(sql.lastSeq).pluck();
+const pageCount = db.prepare('PRAGMA page_count').pluck();
+const freelistCount = db.prepare('PRAGMA freelist_count').pluck();
 const width = workerData.rowsPerInsert * 3;
 const args = new Array(width);
 const commit = db.transaction((m) => {
@@ -98,7 +100,8 @@ parentPort.on('message', (m) => {
   if (m.type === 'commit') {
     try {
       commit(m.batch);
-      parentPort.postMessage({ type: 'done', id: m.id, lastSeq: lastSeq.get() });
+      // Pages in use after the commit, read here so the main thread need not query SQLite per commit.
+      parentPort.postMessage({ type: 'done', id: m.id, lastSeq: lastSeq.get(), usedPages: pageCount.get() - freelistCount.get() });
     } catch (err) {
       parentPort.postMessage({ type: 'failed', id: m.id, message: String(err && err.message), code: err && err.code });
     }
@@ -110,7 +113,15 @@ parentPort.on('message', (m) => {
 parentPort.postMessage({ type: 'ready' });
 `;
 
-type Reply = { type: 'ready' } | { type: 'closed' } | { type: 'done'; id: number; lastSeq: number } | { type: 'failed'; id: number; message: string; code?: string };
+type Reply = { type: 'ready' } | { type: 'closed' } | { type: 'done'; id: number; lastSeq: number; usedPages: number } | { type: 'failed'; id: number; message: string; code?: string };
+
+/** What a commit reports once durable. */
+export interface CommitResult {
+  /** The highest record seq. */
+  lastSeq: number;
+  /** Database pages in use (page_count - freelist_count) right after the commit. */
+  usedPages: number;
+}
 
 export interface WriterOptions {
   path: string;
@@ -120,7 +131,7 @@ export interface WriterOptions {
 
 /** The committer thread, one per buffer. */
 export class SqliteWriter {
-  private readonly waiting = new Map<number, { resolve: (lastSeq: number) => void; reject: (err: CommitError) => void }>();
+  private readonly waiting = new Map<number, { resolve: (result: CommitResult) => void; reject: (err: CommitError) => void }>();
   private nextId = 1;
   private closed: Promise<void> | null = null;
   private failure: Error | null = null;
@@ -131,7 +142,7 @@ export class SqliteWriter {
       const w = this.waiting.get(m.id);
       this.waiting.delete(m.id);
       if (this.waiting.size === 0) worker.unref();
-      if (m.type === 'done') w?.resolve(m.lastSeq);
+      if (m.type === 'done') w?.resolve({ lastSeq: m.lastSeq, usedPages: m.usedPages });
       else w?.reject(new CommitError(m.message, m.code));
     });
     // A worker that dies (out of memory, a native crash) fails what it held; nothing is acknowledged.
@@ -178,11 +189,11 @@ export class SqliteWriter {
     });
   }
 
-  /** Runs one transaction; resolves with the highest record seq once it is durable. */
-  commit(batch: CommitBatch): Promise<number> {
+  /** Runs one transaction; resolves once it is durable. */
+  commit(batch: CommitBatch): Promise<CommitResult> {
     if (this.failure) return Promise.reject(new CommitError(`the buffer writer stopped: ${this.failure.message}`, undefined));
     const id = this.nextId++;
-    return new Promise<number>((resolve, reject) => {
+    return new Promise<CommitResult>((resolve, reject) => {
       if (this.waiting.size === 0) this.worker.ref();
       this.waiting.set(id, { resolve, reject });
       // A structured clone: the strings are copied once into the writer thread.
