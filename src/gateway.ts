@@ -66,7 +66,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     upstreams: () => forwarders.map((f) => f.stats()),
     registry: () => ({ products: registry?.products.length ?? 0, devices: registry?.deviceCount ?? 0 }),
     devices: () => liveness?.stats() ?? null,
-    commands: () => (downlink ? { byState: downlink.stats().byState } : null),
+    commands: () => downlink?.stats() ?? null,
   };
 
   async function doStart(): Promise<void> {

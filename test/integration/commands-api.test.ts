@@ -175,6 +175,13 @@ describe('command API and upstream command topic (real gateway)', () => {
     await api(http, 'DELETE', `${DEVICE}/${mine}`);
     await expectError(api(http, 'DELETE', `${DEVICE}/${mine}`), 409, 'WANWU_ERR_COMMAND_STATE');
     expect((await api(http, 'POST', DEVICE, { raw: '03' })).status).toBe(202);
+
+    // Submissions refused by the queue are counted by code (the 400s before the body was read as a
+    // command, and the access checks, are not submissions).
+    const metrics = await (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
+    expect(metrics).toMatch(/^wanwu_commands_submitted_total 3$/m);
+    expect(metrics).toMatch(/^wanwu_commands_refused_total\{code="WANWU_ERR_QUEUE_FULL"\} 1$/m);
+    expect(metrics).toMatch(/^wanwu_commands_refused_total\{code="WANWU_ERR_UNKNOWN_DEVICE"\} 1$/m);
   });
 
   it('without http.apiToken: reads are open, changes only from loopback addressed as loopback', async () => {

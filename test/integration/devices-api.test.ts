@@ -131,6 +131,8 @@ describe('device liveness and shadow (real gateway)', () => {
     expect(metrics).toContain('wanwu_devices_by_state{state="online",rat="cat1"} 1');
     expect(metrics).toContain('wanwu_devices_by_state{state="offline",rat="cat1"} 2');
     expect(metrics).toMatch(/^wanwu_commands\{state="(queued|sent|delivered)"\} 1$/m);
+    expect(s.commands).toMatchObject({ submitted: 1, refused: {}, unmatchedReplies: 0 });
+    expect(metrics).toMatch(/^wanwu_commands_submitted_total 1$/m);
   });
 
   it('a CoAP device: online for the active window after its uplink, then sleeping, with both records upstream', async () => {
