@@ -260,7 +260,7 @@ export class CommandDelivery {
     const list = this.read(() => this.o.port.undelivered(device.productKey, device.deviceName, 2));
     const command = list[0];
     if (command === undefined) return null;
-    return this.fit(commandSpec(spec.code, command, list.length > 1, spec.options), command, token, payloadKey);
+    return this.fitCarry(commandSpec(spec.code, command, list.length > 1, spec.options), command, token, payloadKey);
   }
 
   /** A poll (GET on a command topic): the oldest undelivered command under the polled topic, as a 2.05 answer, or null. */
@@ -270,7 +270,7 @@ export class CommandDelivery {
     const list = this.read(() => this.o.port.undelivered(target.productKey, target.deviceName, 100)).filter(under);
     const command = list[0];
     if (command === undefined) return null;
-    return this.fit(commandSpec('2.05', command, list.length > 1), command, token, payloadKey);
+    return this.fitCarry(commandSpec('2.05', command, list.length > 1), command, token, payloadKey);
   }
 
   /**
@@ -422,7 +422,7 @@ export class CommandDelivery {
     e.payloadKey = payloadKey;
   }
 
-  private fit(spec: ResponseSpec, command: Command, token: Buffer, payloadKey: Buffer | undefined): Carry | null {
+  private fitCarry(spec: ResponseSpec, command: Command, token: Buffer, payloadKey: Buffer | undefined): Carry | null {
     try {
       // The encoding the listener will use, unfitted (the device is authenticated); coap-packet
       // throws above its datagram limit.
