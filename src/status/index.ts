@@ -187,6 +187,7 @@ export function createMetricsRegistry(s: StatusSources): client.Registry {
   counter('wanwu_coap_auth_issued_total', 'CoAP tokens issued by POST /auth', [], () => [[{}, s.coap()?.auth?.issued ?? 0]]);
   counter('wanwu_coap_auth_refused_total', 'CoAP /auth requests and uplinks refused by token authentication, by reason', ['reason'], () =>
     Object.entries(s.coap()?.auth?.refused ?? {}).map(([reason, n]) => [{ reason }, n]));
+  counter('wanwu_coap_audit_suppressed_total', 'Refused CoAP /auth requests and tokens left out of the audit log by its rate limit', [], () => [[{}, s.coap()?.auth?.auditSuppressed ?? 0]]);
   gauge('wanwu_coap_auth_tokens', 'CoAP tokens held (bounded by coap.auth.maxTokens)', [], () => [[{}, s.coap()?.auth?.tokens ?? 0]]);
   gauge('wanwu_devices', 'Devices known to the registry', [], () => [[{}, s.registry().devices]]);
   gauge('wanwu_devices_by_state', 'Registered devices by liveness state (online, sleeping, offline) and rat', ['state', 'rat'], () =>

@@ -121,6 +121,23 @@ async function gateway(mode: 'required' | 'optional' | undefined, opts: { device
 }
 
 describe('CoAP authentication on a gateway with coap.auth.mode "required"', () => {
+  it('writes refused /auth requests and tokens to a rate-limited audit log (20 lines per 10 s, the rest counted)', async () => {
+    const logger = recordingLogger();
+    const g = await gateway('required', { logger });
+    const c = await g.client();
+    expect((await c.request(authPacket(authBody({ ...WM1, secret: 'not-the-secret' })))).packet.code).toBe('4.01');
+    expect((await c.request(meterPacket('wm-0001', {}))).packet.code).toBe('4.01');
+    const audited = () => logger.warnings.filter((w) => (w.obj as { audit?: string }).audit === 'coap');
+    expect(audited().map((w) => w.obj)).toEqual([
+      expect.objectContaining({ audit: 'coap', reason: 'badSign', code: 'WANWU_ERR_AUTH', peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/) }),
+      expect.objectContaining({ audit: 'coap', reason: 'unauthenticated', code: 'WANWU_ERR_TOKEN', productKey: 'WaterMeterNB', deviceName: 'wm-0001' }),
+    ]);
+    // A flood of bad /auth requests: 18 more lines fill the window, the rest are only counted.
+    for (let i = 0; i < 30; i++) await c.request(authPacket(authBody({ ...WM1, secret: 'not-the-secret' })));
+    expect(audited()).toHaveLength(20);
+    expect(g.auth()).toMatchObject({ auditSuppressed: 12, refused: { badSign: 31 } });
+  });
+
   it("takes Alibaba's full sign content: every parameter but sign and signmethod, sorted, with seq as a string (the C SDK's form)", async () => {
     const g = await gateway('required');
     const c = await g.client();

@@ -7,7 +7,8 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { generate, parser, type Packet } from 'mqtt-packet';
 import { parseConfig } from '../../src/config/index.js';
 import { encodeRemainingLength, PacketGuard, type GuardPolicy } from '../../src/transport/mqtt/guard.js';
-import { AuditLog, ConnectFloodDetector, identifierRefused, PublishRateLimiter, topicRefusal } from '../../src/transport/mqtt/limits.js';
+import { AuditLog } from '../../src/transport/audit.js';
+import { ConnectFloodDetector, identifierRefused, PublishRateLimiter, topicRefusal } from '../../src/transport/mqtt/limits.js';
 import type { Logger } from '../../src/types.js';
 
 /** Feeds `bytes` to a fresh guard in the given chunks; returns what it passed on and its refusal. */
@@ -244,7 +245,7 @@ describe('AuditLog (rate-limited logger.warn)', () => {
     vi.useFakeTimers();
     const lines: Array<{ obj: Record<string, unknown>; msg: string | undefined }> = [];
     const logger: Logger = { debug() {}, info() {}, error() {}, warn: (obj, msg) => lines.push({ obj: obj as Record<string, unknown>, msg }) };
-    const audit = new AuditLog(logger, () => Date.now());
+    const audit = new AuditLog(logger, 'mqtt', () => Date.now());
     for (let i = 0; i < 50; i++) audit.write({ clientId: `c${i}` }, 'mqtt login refused');
     expect(lines).toHaveLength(20);
     expect(audit.suppressed).toBe(30);

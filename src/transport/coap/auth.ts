@@ -22,6 +22,8 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { WanwuError } from '../../errors.js';
 import { checkCard, deviceRefusal, type Registry } from '../../registry/index.js';
 import { computeSign, SIGN_METHODS, verifySign, type SignMethod } from '../../registry/sign.js';
+import type { Logger } from '../../types.js';
+import { AuditLog } from '../audit.js';
 import { decryptSeq, deriveKey } from './encryption.js';
 import { decodeUint } from './protocol.js';
 
@@ -56,6 +58,8 @@ export interface CoapAuthConfig {
 export interface CoapAuthOptions extends CoapAuthConfig {
   /** Products (their `auth` opt-out) and devices (secret, status, ICCID); audit receives card mismatches. */
   registry: Pick<Registry, 'product' | 'device' | 'audit'>;
+  /** Where refused /auth requests and tokens are audited (rate-limited, src/transport/audit.ts); absent: not logged. */
+  logger?: Logger;
 }
 
 /** Why an /auth or an uplink was refused, as counted on /status (listeners.coap.auth.refused). */
@@ -88,6 +92,8 @@ export interface CoapAuthStats {
   tokens: number;
   /** Tokens dropped before their expiry because the table was full. */
   evicted: number;
+  /** Refusals left out of the audit log by its rate limit. */
+  auditSuppressed: number;
 }
 
 export type AuthRefusal = { ok: false; reason: AuthRefusalReason; error: WanwuError };
@@ -169,11 +175,28 @@ export class CoapAuthenticator {
     refused: Object.fromEntries(AUTH_REFUSAL_REASONS.map((r) => [r, 0])) as Record<AuthRefusalReason, number>,
   };
 
+  private readonly auditLog: AuditLog | null;
+
   constructor(
     private readonly opts: CoapAuthOptions,
     private readonly now: () => number,
     private readonly random: (bytes: number) => Buffer = randomBytes,
-  ) {}
+  ) {
+    this.auditLog = opts.logger ? new AuditLog(opts.logger, 'coap', now) : null;
+  }
+
+  /**
+   * Writes a refusal to the audit log (at most 20 lines per 10 s, the rest counted), with the sender
+   * and, for an uplink, the device its path names. The listener calls it for every refusal it answers.
+   */
+  audit(refusal: AuthRefusal, peer: string, device?: { productKey: string; deviceName: string }): void {
+    this.auditLog?.write({ reason: refusal.reason, code: refusal.error.code, peer, ...device }, `coap auth refused: ${refusal.error.message}`);
+  }
+
+  /** Writes the audit log's last summary line (listener stop). */
+  close(): void {
+    this.auditLog?.close();
+  }
 
   get mode(): CoapAuthMode {
     return this.opts.mode;
@@ -349,6 +372,7 @@ export class CoapAuthenticator {
       refused: { ...this.counters.refused },
       tokens: this.tokens.size,
       evicted: this.counters.evicted,
+      auditSuppressed: this.auditLog?.suppressed ?? 0,
     };
   }
 }

@@ -170,7 +170,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
   const now = opts.now ?? Date.now;
   const limits: CoapLimits = opts.limits ?? COAP_LIMITS_DEFAULTS;
   // Tokens live as long as the listener (in memory): after a restart devices authenticate again.
-  const authn = opts.auth === undefined ? null : new CoapAuthenticator(opts.auth, now);
+  const authn = opts.auth === undefined ? null : new CoapAuthenticator({ ...opts.auth, logger }, now);
 
   let socket: dgram.Socket | null = null;
   let bound: { address: string; port: number } | null = null;
@@ -482,6 +482,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       if (!checked.ok) {
         // Not cached (the sequence number was not consumed, so a retransmission gets the same
         // answer) and not dead-lettered (anyone could fill the table); fitted to the request size.
+        authn.audit(checked, `${address}:${port}`, target);
         if (block1 !== undefined) reassembler.abandon(transferKey(peerKey, target));
         respondNow(confirmable, messageId, packet.token, authErrorResponse(checked), address, port, msg.length);
         return;
@@ -540,6 +541,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
         // Like the other authentication refusals: the sequence number is not consumed, the answer not
         // cached, the payload not dead-lettered, and the diagnostic in clear (the sender may lack the key).
         const refusal = authn.refuse('undecryptable', new WanwuError('WANWU_ERR_DECRYPT', `payload of ${payload.length} bytes does not decrypt with this token's key (AES-128-CBC, PKCS#7 padding, whole 16-byte blocks)`));
+        authn.audit(refusal, `${address}:${port}`, target);
         respondNow(confirmable, messageId, packet.token, authErrorResponse(refusal), address, port, msg.length);
         return;
       }
@@ -569,6 +571,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     }
     const checked = authn.check(body, `${address}:${port}`);
     if (!checked.ok) {
+      authn.audit(checked, `${address}:${port}`);
       respondNow(confirmable, messageId, packet.token, authErrorResponse(checked), address, port, maxBytes);
       return;
     }
@@ -577,6 +580,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     const bytes = encodeResponse(carrier, confirmable ? messageId : allocMessageId(), packet.token, spec);
     if (bytes.length > maxBytes) {
       const refusal = authn.refuse('tooSmall', new WanwuError('WANWU_ERR_MALFORMED', `/auth request of ${maxBytes} bytes is smaller than its answer (${bytes.length} bytes, RFC 7252 §11.3)`));
+      authn.audit(refusal, `${address}:${port}`);
       respondNow(confirmable, messageId, packet.token, authErrorResponse(refusal), address, port, maxBytes);
       return;
     }
@@ -606,6 +610,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     }
     const checked = authn.verify(target, credentials.token, credentials.seq, false);
     if (!checked.ok) {
+      authn.audit(checked, `${address}:${port}`, target);
       respondNow(confirmable, messageId, packet.token, authErrorResponse(checked), address, port, maxBytes);
       return;
     }
@@ -883,6 +888,7 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
     accepting = false;
     // Pushes stop; their commands stay `sent` in the queue and go again after a restart.
     delivery?.stop();
+    authn?.close();
     // 2. Let every ingest under way finish; their responses go out while the socket is open.
     if (inFlight > 0) {
       await new Promise<void>((resolve) => {

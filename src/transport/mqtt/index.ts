@@ -30,7 +30,8 @@ import type { DownlinkPort, PresenceEvent } from '../../downlink/types.js';
 import { isSubscribed, MqttCommandDelivery } from './commands.js';
 import { GuardedConnection, MQTT_MAX_PACKET_BYTES, PacketGuard } from './guard.js';
 import { PresenceTracker } from './presence.js';
-import { AuditLog, ConnectFloodDetector, identifierRefused, PublishRateLimiter, topicRefusal, type MqttRefusal } from './limits.js';
+import { AuditLog } from '../audit.js';
+import { ConnectFloodDetector, identifierRefused, PublishRateLimiter, topicRefusal, type MqttRefusal } from './limits.js';
 
 export { MQTT_REFUSALS, type MqttRefusal } from './limits.js';
 
@@ -204,7 +205,7 @@ class AedesListener implements MqttListener {
     this.rate = publishRate.perSecond > 0 ? new PublishRateLimiter(publishRate) : null;
     this.floods = connectFlood.maxPerMinute > 0 ? new ConnectFloodDetector(connectFlood) : null;
     this.failures = connectFlood.maxPerMinute > 0 ? new ConnectFloodDetector(connectFlood) : null;
-    this.audit = new AuditLog(opts.logger, this.now);
+    this.audit = new AuditLog(opts.logger, 'mqtt', this.now);
     this.commands = opts.downlink ? new MqttCommandDelivery(opts.downlink, opts.logger) : null;
     this.presence = opts.presence ? new PresenceTracker(opts.presence, opts.logger) : null;
   }
