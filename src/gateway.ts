@@ -123,7 +123,7 @@ export function createGateway(config: Readonly<Config>, logger: Logger): Gateway
     }
     // Liveness and shadow share the queue's file (tables of their own) and watch every accepted uplink.
     const stateFile = commandsPath(config.downlink.path, config.storage.path);
-    liveness = createLiveness({ path: stateFile, registry, records: buffer, logger, defaults: config.downlink.liveness, sweepMs: config.downlink.liveness.sweepMs });
+    liveness = createLiveness({ path: stateFile, registry, records: buffer, logger, defaults: config.downlink.liveness, sweepMs: config.downlink.liveness.sweepMs, recordChanges: config.downlink.liveness.records });
     await liveness.start();
     shadow = createShadow({ path: stateFile, downlink, logger, flushMs: config.downlink.shadow.flushMs, maxOpenCommands: config.downlink.maxPerDevice });
     await shadow.start();

@@ -422,6 +422,12 @@ export const configSchema = z.strictObject({
           toleranceRatio: z.number().min(0).max(10).default(0.5),
           /** ms. How often due state changes are applied and liveness is written to disk. */
           sweepMs: z.number().int().min(10).max(60_000).default(1000),
+          /**
+           * Which changes go upstream as state records: "all"; "offline" (to or from offline only: a PSM
+           * device's online/sleeping cycle, two records per report, stays local); "none". The states
+           * themselves are kept either way (API, /status).
+           */
+          records: z.enum(['all', 'offline', 'none']).default('all'),
         })
         .prefault({}),
       /** Device shadow (src/downlink/shadow.ts): last reported property values. */

@@ -48,6 +48,9 @@ const GAPS_KEPT = 5;
 const GAPS_NEEDED = 3;
 
 /** config downlink.liveness, or a product's overrides of it (all seconds except the ratio). */
+export const LIVENESS_RECORDS = ['all', 'offline', 'none'] as const;
+export type LivenessRecords = (typeof LIVENESS_RECORDS)[number];
+
 export interface LivenessParams {
   activeWindowS: number;
   reportIntervalS: number;
@@ -66,6 +69,11 @@ export interface LivenessOptions {
   defaults: LivenessParams;
   /** How often due changes are made and liveness is written, in ms. */
   sweepMs: number;
+  /**
+   * Which changes become state records upstream: 'all'; 'offline' (only changes to or from offline, so
+   * a PSM device's online/sleeping cycle at every report stays local); 'none'. Default 'all'.
+   */
+  recordChanges?: LivenessRecords;
   /** Clock (tests). Default Date.now. */
   now?: () => number;
 }
@@ -237,6 +245,7 @@ export function createLiveness(opts: LivenessOptions): Liveness {
   let flushFailing = false;
 
   const key = (pk: string, dn: string) => `${pk}/${dn}`;
+  const recordsMode: LivenessRecords = opts.recordChanges ?? 'all';
 
   function timing(product: Product | undefined, e: Entry): Timing {
     const d = opts.defaults;
@@ -281,7 +290,10 @@ export function createLiveness(opts: LivenessOptions): Liveness {
     };
   }
 
-  function emit(records: TelemetryRecord[]): void {
+  function emit(changes: TelemetryRecord[]): void {
+    // The state itself changes all the same (API, /status); only what goes upstream is chosen.
+    const records =
+      recordsMode === 'all' ? changes : recordsMode === 'none' ? [] : changes.filter((r) => r.data.state === 'offline' || r.data.previous === 'offline');
     if (records.length === 0) return;
     opts.records.append(records).catch((err: unknown) => {
       recordErrors += records.length;

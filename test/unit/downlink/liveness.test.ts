@@ -2,7 +2,7 @@
 // SQLite file (the restart case reopens it), the record buffer is a list.
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { createLiveness, learnedInterval, timedState, type Liveness, type LivenessParams } from '../../../src/downlink/liveness.js';
+import { createLiveness, learnedInterval, timedState, type Liveness, type LivenessParams, type LivenessRecords } from '../../../src/downlink/liveness.js';
 import { createProduct, type Product, type ProductLiveness, type Registry } from '../../../src/registry/index.js';
 import type { Rat, RawMessage, TelemetryRecord, Transport } from '../../../src/types.js';
 import { silentLogger, tempDir } from '../../helpers/index.js';
@@ -46,8 +46,9 @@ describe('device liveness', () => {
   let records: TelemetryRecord[];
   const running: Liveness[] = [];
 
-  const make = async (): Promise<Liveness> => {
+  const make = async (recordsMode?: LivenessRecords): Promise<Liveness> => {
     const l = createLiveness({
+      ...(recordsMode === undefined ? {} : { recordChanges: recordsMode }),
       path: join(dir.path, 'commands.db'),
       registry,
       records: { append: async (rs) => void records.push(...rs) },
@@ -128,6 +129,22 @@ describe('device liveness', () => {
     expect(states().slice(3)).toEqual(['offline->online@1000s:uplink', 'online->sleeping@1030s:window-ended']);
     // The product's interval wins over the device's own gaps.
     expect(l.get('MeterNB', 'd1')).toMatchObject({ intervalSource: 'product', expectedNextAt: T0 + 1610 * S });
+  });
+
+  it('downlink.liveness.records "offline" sends only changes to and from offline upstream, "none" sends none; the states change all the same', async () => {
+    for (const [mode, dn] of [['offline', 'd1'], ['none', 'd2']] as const) {
+      records = [];
+      const l = await make(mode);
+      l.observe(uplink('MeterNB', dn));
+      advanceTo(20);
+      expect(l.get('MeterNB', dn).state).toBe('sleeping');
+      advanceTo(660);
+      expect(l.get('MeterNB', dn).state).toBe('offline');
+      expect(states('MeterNB', dn)).toEqual(mode === 'offline' ? ['offline->online@0s:uplink', 'sleeping->offline@660s:report-overdue'] : []);
+      await l.stop();
+      running.splice(running.indexOf(l), 1);
+      vi.setSystemTime(T0);
+    }
   });
 
   it('a CoAP device without a product interval learns its own from its uplink gaps', async () => {
