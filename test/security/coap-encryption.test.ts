@@ -196,8 +196,11 @@ describe('CoAP payload encryption ("coapEncryption": "aes-128-cbc") on a gateway
     expect(g.gw.status().buffer.deadLetters).toBe(0);
     expect(g.auth().refused).toMatchObject({ undecryptable: 2, unauthenticated: 1, replay: 1 });
 
-    // The refusals used up no sequence number: 1, properly encrypted, is accepted.
-    expect((await c.request(sealed(WM1, s, 1, METER_FRAME))).packet.code).toBe('2.04');
+    // The payload that did not decrypt came under a sequence number that did (1, encrypted): that
+    // number is used up, so one captured datagram cannot be tried with padding after padding (a CBC
+    // padding oracle). The others used none. 1 is now a replay; 2, properly encrypted, is accepted.
+    expect(text(await c.request(sealed(WM1, s, 1, METER_FRAME)))).toMatch(/^WANWU_ERR_REPLAY /);
+    expect((await c.request(sealed(WM1, s, 2, METER_FRAME))).packet.code).toBe('2.04');
     expect(g.committed()).toBe(1);
 
     const http = g.gw.addresses().http.port;
@@ -224,9 +227,9 @@ describe('CoAP payload encryption ("coapEncryption": "aes-128-cbc") on a gateway
     expect(text(mixed)).toMatch(/^WANWU_ERR_DECRYPT payload of 16 bytes/);
     expect(g.committed()).toBe(0);
     expect(g.auth().refused.undecryptable).toBe(3);
-    // Each token keeps its own key.
+    // Each token keeps its own key. (The mixed one used up the new token's 1: its 2089 decrypted.)
     expect((await c.request(sealed(WM1, old, 1, METER_FRAME))).packet.code).toBe('2.04');
-    expect((await c.request(sealed(WM1, s, 1, METER_FRAME))).packet.code).toBe('2.04');
+    expect((await c.request(sealed(WM1, s, 2, METER_FRAME))).packet.code).toBe('2.04');
     expect(g.committed()).toBe(2);
   });
 
@@ -243,7 +246,9 @@ describe('CoAP payload encryption ("coapEncryption": "aes-128-cbc") on a gateway
     // The captured datagram replayed later under a new message id: its encrypted 2089 is used up.
     const replay = await c.request({ ...first, messageId: mid() });
     expect(replay.packet.code).toBe('4.01');
-    expect(text(replay)).toMatch(/^WANWU_ERR_REPLAY sequence number 5 is not above 5/);
+    // Without the numbers: they would tell the replayer what the encrypted option decrypts to.
+    expect(text(replay)).toMatch(/^WANWU_ERR_REPLAY sequence number not above the last one accepted/);
+    expect(text(replay)).not.toMatch(/\d/);
     expect(text(await c.request(sealed(WM1, s, 4, METER_FRAME)))).toMatch(/^WANWU_ERR_REPLAY/);
     expect((await c.request(sealed(WM1, s, 6, METER_FRAME))).packet.code).toBe('2.04');
     expect(g.committed()).toBe(2);

@@ -331,7 +331,10 @@ export class CoapAuthenticator {
       return this.refuse('undecryptable', new WanwuError('WANWU_ERR_DECRYPT', "sequence number (CoAP option 2089) does not decrypt with this token's key to decimal digits; encrypt it like the payload"));
     }
     if (continuation ? n < session.lastSeq : n <= session.lastSeq) {
-      return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', `sequence number ${n} is not above ${session.lastSeq}, the last one accepted for this token`));
+      // With coapEncryption the numbers stay out of the (clear) diagnostic: it would tell whoever
+      // replays a captured datagram what its encrypted option 2089 decrypts to.
+      const detail = payloadKey === undefined ? `sequence number ${n} is not above ${session.lastSeq}, the last one accepted for this token` : 'sequence number not above the last one accepted for this token';
+      return this.refuse('replay', new WanwuError('WANWU_ERR_REPLAY', detail));
     }
     return {
       ok: true,

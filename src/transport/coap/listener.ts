@@ -538,8 +538,11 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       // coapEncryption: the whole body, as the device encrypted it before any Block1 split.
       const plain = decryptPayload(payloadKey, payload);
       if (plain === null) {
-        // Like the other authentication refusals: the sequence number is not consumed, the answer not
-        // cached, the payload not dead-lettered, and the diagnostic in clear (the sender may lack the key).
+        // Like the other authentication refusals: the answer is not cached, the payload not
+        // dead-lettered, and the diagnostic in clear (the sender may lack the key). But the sequence
+        // number, which decrypted and verified, is used up: otherwise one captured datagram would let
+        // anyone try padding after padding under it and read the answers (a CBC padding oracle).
+        acceptAuth?.();
         const refusal = authn.refuse('undecryptable', new WanwuError('WANWU_ERR_DECRYPT', `payload of ${payload.length} bytes does not decrypt with this token's key (AES-128-CBC, PKCS#7 padding, whole 16-byte blocks)`));
         authn.audit(refusal, `${address}:${port}`, target);
         respondNow(confirmable, messageId, packet.token, authErrorResponse(refusal), address, port, msg.length);
@@ -796,8 +799,10 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
 
   function onRetransmitTimer(o: Outgoing): void {
     if (o.retransmits >= tuning.maxRetransmit) {
-      // §4.2: the attempt is given up after MAX_RETRANSMIT retransmissions.
+      // §4.2: the attempt is given up after MAX_RETRANSMIT retransmissions. A command it carried never
+      // arrived: it must not count as delivered at the device's next request, but go again then.
       outgoing.delete(o.key);
+      if (o.command !== undefined) delivery?.separateAnswered(o.command.device, o.command.id, false);
       counters.separateTimeouts++;
       logger.debug({ peer: `${o.address}:${o.port}` }, 'CoAP separate response not acknowledged; giving up');
       return;

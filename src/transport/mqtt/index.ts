@@ -238,7 +238,9 @@ class AedesListener implements MqttListener {
     // The session is ready: CONNACK sent, a kept session's subscriptions restored (lib/handlers/connect.js).
     broker.on('clientReady', (client) => {
       const s = this.sessions.get(client);
-      if (s?.role !== 'device') return;
+      // aedes may report a connection ready after it closed (a takeover or a drop racing the CONNACK):
+      // it must not register as the device's live session.
+      if (s?.role !== 'device' || client.closed) return;
       this.presence?.ready(client);
       this.commands?.opened(client, s.productKey, s.deviceName);
     });
@@ -445,8 +447,12 @@ class AedesListener implements MqttListener {
         // resume its session, and two logins of one device would both stay up. aedes reads client.id
         // after authenticate (session restore, takeover of an older connection [MQTT-3.1.4-2]).
         if (verdict.session.role === 'device') {
-          client.id = `${verdict.session.productKey}|${verdict.session.deviceName}`;
-          this.presence?.login(client, verdict.session.productKey, verdict.session.deviceName);
+          // "/" is refused in every incoming client id (identifierRefused), so no other login, an
+          // application account included, can name this session and take it over.
+          client.id = `${verdict.session.productKey}/${verdict.session.deviceName}`;
+          // aedes authenticates one turn after CONNECT; a connection closed meanwhile never ends again,
+          // so it must not become a presence (that device would stay online).
+          if (!client.closed) this.presence?.login(client, verdict.session.productKey, verdict.session.deviceName);
         }
         this.sessions.set(client, verdict.session);
         this.setGuardPolicy(client, verdict.session);
