@@ -36,16 +36,48 @@ const commandTopicTemplate = z
     return count('{productKey}') === 1 && count('{deviceName}') === 1 && levels.every((l) => !/[{}]/.test(l) || l === '{productKey}' || l === '{deviceName}');
   }, 'a command topic has {productKey} and {deviceName} once each, each a whole level (e.g. "wanwu/cmd/{productKey}/{deviceName}"), and no other placeholder');
 
+/** The values {kind} takes in a record topic (src/types.ts RecordKind). */
+export const RECORD_KINDS = ['property', 'event', 'command', 'state'] as const;
+
 /**
- * Whether a record topic of this template could arrive on the command subscription: the same
- * number of levels, each pair equal literals or both placeholders. The forwarder would then read
- * its own records as commands, and publish a "refused" record for each, which it would read again.
+ * Whether a record topic of this template could arrive on the command subscription. The forwarder
+ * would then read its own records as commands (MQTT 3.1.1 echoes a client's own publishes) and
+ * publish a "refused" record for each, which it would read again, without end. Level by level: a
+ * command placeholder takes any value; a command literal meets a record literal equal to it, or
+ * {kind} (and {event}, which falls back to the kind) when it is one of the kinds. Record
+ * {productKey} and {deviceName} are taken to match no command literal: they are names from
+ * devices/, and the forwarder also ignores, at run time, any command topic that one of its own
+ * records could have (recordTopicMatcher).
  */
 export function commandTopicOverlaps(commandTopic: string, recordTopic: string): boolean {
   const a = commandTopic.split('/');
   const b = recordTopic.split('/');
   const isPlaceholder = (l: string) => /^\{[A-Za-z]+\}$/.test(l);
-  return a.length === b.length && a.every((l, i) => (isPlaceholder(l) && isPlaceholder(b[i]!)) || l === b[i]);
+  const kinds: readonly string[] = RECORD_KINDS;
+  return (
+    a.length === b.length &&
+    a.every((c, i) => {
+      const r = b[i]!;
+      if (isPlaceholder(c)) return true;
+      if (r === '{kind}' || r === '{event}') return kinds.includes(c);
+      return c === r;
+    })
+  );
+}
+
+/**
+ * A test of whether a topic could be one of this record template's topics, with any names and
+ * {kind} one of RECORD_KINDS.
+ */
+export function recordTopicMatcher(recordTopic: string): (topic: string) => boolean {
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const pattern = recordTopic
+    .split(/(\{[A-Za-z]+\})/)
+    .filter((p) => p !== '')
+    .map((p) => (p === '{kind}' ? `(?:${RECORD_KINDS.join('|')})` : /^\{[A-Za-z]+\}$/.test(p) ? '[^/]+' : escape(p)))
+    .join('');
+  const re = new RegExp(`^${pattern}$`);
+  return (topic) => re.test(topic);
 }
 
 const upstreamUrl = z.string().refine((u) => {

@@ -123,13 +123,15 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
   const isUndelivered = (s: CommandState) => s === 'queued' || s === 'sent';
 
   /** After a store transition: keep the counts, publish the record, tell the listeners. */
-  function changed(before: Command | null, after: Command): Promise<void> {
+  function changed(before: Command | null, after: Command, recordAppended = false): Promise<void> {
     const was = before ? isUndelivered(before.state) : false;
     const is = isUndelivered(after.state);
     if (was !== is) adjust(after, is ? 1 : -1);
-    const appended = opts.records.append([stateRecord(after, before?.state ?? null)]).catch((err: unknown) => {
-      opts.logger.error({ err: (err as Error).message, command: after.id, state: after.state }, 'command state record not stored');
-    });
+    const appended = recordAppended
+      ? Promise.resolve()
+      : opts.records.append([stateRecord(after, before?.state ?? null)]).catch((err: unknown) => {
+          opts.logger.error({ err: (err as Error).message, command: after.id, state: after.state }, 'command state record not stored');
+        });
     for (const l of listeners) {
       try {
         l({ command: after, previous: before?.state ?? null });
@@ -294,7 +296,10 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
           }
         }
         return store!.get(command.id) ?? command;
-      } catch (err) {
+      } catch (thrown) {
+        // SQLite failing (disk full, I/O) is the queue's fault, not the command's: WANWU_ERR_STORAGE
+        // (HTTP 503; an upstream message is then not acknowledged and comes again).
+        const err = thrown instanceof WanwuError ? thrown : new WanwuError('WANWU_ERR_STORAGE', `the command queue failed: ${(thrown as Error).message}`, { cause: thrown });
         countRefusal(err);
         throw err;
       }
@@ -313,6 +318,8 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
         return downlink.submit(productKey, deviceName, body, source);
       } catch (thrown) {
         const err = asWanwuError(thrown);
+        // Not a refusal of the command: no "refused" record, no PUBACK; the broker sends it again.
+        if (err.fault === 'storage') throw err;
         opts.logger.debug({ productKey, deviceName, source, code: err.code, err: err.message }, 'upstream command refused');
         await opts.records.append([refusalRecord(productKey, deviceName, source, body, err)]);
         return null;
@@ -372,9 +379,14 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
       }
       const before = command;
       const at = raw.receivedAt;
+      // The reply's record is committed before the command is marked replied and the device is
+      // acknowledged: when the buffer refuses it (full, failing), the device is not acknowledged and
+      // sends the reply again, instead of the reply's data never reaching any upstream.
+      const state: CommandState = reply.code === 200 ? 'replied-ok' : 'replied-error';
+      await opts.records.append([stateRecord({ ...command, state, reply, repliedAt: at, updatedAt: at }, command.state)]);
       if (!s.markReplied(command.id, reply, at)) throw new WanwuError('WANWU_ERR_UNKNOWN_COMMAND', `command ${command.id} became final meanwhile`);
       const after = s.get(command.id)!;
-      await changed(before, after);
+      await changed(before, after, true);
       return after;
     },
 

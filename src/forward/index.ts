@@ -11,6 +11,7 @@ import { hostname } from 'node:os';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { StoredRecord, RecordBuffer } from '../buffer/index.js';
 import type { UpstreamConfig } from '../config/index.js';
+import { recordTopicMatcher } from '../config/schema.js';
 import { WanwuError } from '../errors.js';
 import type { Logger, Stage } from '../types.js';
 import { encodePayload } from './payload.js';
@@ -179,12 +180,14 @@ class MqttForwarder implements Forwarder {
   private readonly tls: ReturnType<typeof tlsOptions>;
   /** The command topic's subscription, when the upstream sends commands and the gateway takes them. */
   private readonly commands: ReturnType<typeof commandSubscription> | null;
+  private readonly isRecordTopic: (topic: string) => boolean;
 
   constructor(private readonly opts: ForwarderOptions) {
     this.topicOf = compileTopic(opts.upstream.topic);
     this.random = opts.random ?? Math.random;
     this.tls = tlsOptions(opts.upstream);
     this.commands = opts.upstream.commands && opts.submitCommand ? commandSubscription(opts.upstream.commands.topic) : null;
+    this.isRecordTopic = recordTopicMatcher(opts.upstream.topic);
   }
 
   async start(): Promise<void> {
@@ -291,6 +294,19 @@ class MqttForwarder implements Forwarder {
   private onCommand(packet: IPublishPacket, callback: (err?: Error) => void): void {
     const where = this.commands?.parse(packet.topic);
     if (!where || !this.opts.submitCommand) return callback();
+    // A topic one of our own records could have is never taken as a command: MQTT 3.1.1 echoes our
+    // publishes back, and a refusal record on it would come back again, without end.
+    if (this.isRecordTopic(packet.topic)) {
+      this.opts.logger.debug({ upstream: this.opts.upstream.name, topic: packet.topic }, 'message on the command topic ignored: it could be one of our records');
+      return callback();
+    }
+    // A retained message is replayed by the broker at every (re)subscription [MQTT-3.3.1-6]: taken,
+    // it would queue the same command again after every reconnect. A live publish arrives with
+    // retain 0 [MQTT-3.3.1-9] and is taken once.
+    if (packet.retain) {
+      this.opts.logger.warn({ upstream: this.opts.upstream.name, topic: packet.topic }, 'retained message on the command topic ignored: publish commands without retain');
+      return callback();
+    }
     const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
     this.opts.submitCommand(where.productKey, where.deviceName, payload, `upstream:${this.opts.upstream.name}`).then(
       () => callback(),

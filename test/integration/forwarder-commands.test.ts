@@ -24,13 +24,13 @@ describe('forwarder: upstream command topic', () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function forwarderTo(url: string, commands: unknown, submitted: Submitted[]) {
+  async function forwarderTo(url: string, commands: unknown, submitted: Submitted[], topic?: string) {
     const dir = tempDir();
     cleanups.push(() => dir.cleanup());
     const buffer = createBuffer({ path: join(dir.path, 'w.db'), sync: 'full', logger: silentLogger, upstreams: ['cloud'] });
     await buffer.start();
     cleanups.push(() => buffer.stop());
-    const upstream = parseConfig({ upstreams: [{ name: 'cloud', url, reconnectMinMs: 50, reconnectMaxMs: 200, commands }] }).upstreams[0]!;
+    const upstream = parseConfig({ upstreams: [{ name: 'cloud', url, reconnectMinMs: 50, reconnectMaxMs: 200, commands, ...(topic === undefined ? {} : { topic }) }] }).upstreams[0]!;
     const submitCommand: NonNullable<ForwarderOptions['submitCommand']> = (productKey, deviceName, payload, source) =>
       new Promise<void>((resolve, reject) => submitted.push({ productKey, deviceName, payload: payload.toString(), source, settle: { resolve, reject } }));
     const forwarder = createForwarder({ upstream, url, buffer, logger: silentLogger, submitCommand });
@@ -49,18 +49,52 @@ describe('forwarder: upstream command topic', () => {
     return client;
   }
 
+  /**
+   * Publishes probes on `topic` until one reaches the forwarder (its subscription is then in place),
+   * then takes every probe that arrives in the next 300 ms out of `submitted`.
+   */
+  async function subscribed(app: MqttClient, topic: string, submitted: Submitted[]): Promise<void> {
+    await waitUntil(async () => {
+      if (submitted.length === 0) await app.publishAsync(topic, 'probe', { qos: 1 });
+      return submitted.length > 0;
+    }, 5000, 'the command subscription');
+    const probes = () => submitted.filter((x) => x.payload === 'probe');
+    for (let i = 0; i < 3; i++) {
+      for (const p of probes()) p.settle.resolve();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    for (const p of probes()) p.settle.resolve();
+    submitted.splice(0, submitted.length, ...submitted.filter((x) => x.payload !== 'probe'));
+  }
+
+  it('ignores retained messages (replayed at every resubscription) and topics its own records could have', async () => {
+    const broker = new TestUpstream();
+    await broker.start();
+    cleanups.push(() => broker.stop());
+    const app = await cloudApp(broker.port);
+    // Retained before the forwarder subscribes: the broker replays it with retain set.
+    await app.publishAsync('acme/cmd/P9/d9', '{"raw":"09"}', { qos: 1, retain: true });
+    const submitted: Submitted[] = [];
+    // Records go to acme/{productKey}/{deviceName}/{kind}: acme/cmd/P1/state could be the record of
+    // a product "cmd", device "P1"; such a message is never taken as a command.
+    await forwarderTo(broker.url, { topic: 'acme/cmd/{productKey}/{deviceName}' }, submitted, 'acme/{productKey}/{deviceName}/{kind}');
+    await subscribed(app, 'acme/cmd/P0/probe', submitted);
+    await app.publishAsync('acme/cmd/P1/state', '{"raw":"01"}', { qos: 1 });
+    await app.publishAsync('acme/cmd/P1/d1', '{"raw":"02"}', { qos: 1 });
+    await waitUntil(() => submitted.length === 1, 5000, 'the live command');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(submitted.map((x) => [x.productKey, x.deviceName, x.payload])).toEqual([['P1', 'd1', '{"raw":"02"}']]);
+    submitted[0]!.settle.resolve();
+  });
+
   it('hands over each message with the productKey and deviceName of its topic, one at a time, in order', async () => {
     const broker = new TestUpstream();
     await broker.start();
     cleanups.push(() => broker.stop());
     const app = await cloudApp(broker.port);
-    // A retained probe reaches the forwarder as soon as its subscription is in place.
-    await app.publishAsync('acme/probe/P0/down', 'probe', { qos: 1, retain: true });
     const submitted: Submitted[] = [];
     await forwarderTo(broker.url, { topic: 'acme/{deviceName}/{productKey}/down' }, submitted);
-    await waitUntil(() => submitted.length === 1, 5000, 'the command subscription');
-    expect(submitted[0]).toMatchObject({ productKey: 'P0', deviceName: 'probe', payload: 'probe' });
-    submitted.shift()!.settle.resolve();
+    await subscribed(app, 'acme/probe/P0/down', submitted);
 
     await app.publishAsync('acme/d1/P1/down', '{"raw":"01"}', { qos: 1 });
     await app.publishAsync('acme/d2/P1/down', '{"raw":"02"}', { qos: 1 });

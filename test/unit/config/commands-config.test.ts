@@ -2,7 +2,7 @@
 // downlink TTL bounds.
 import { describe, expect, it } from 'vitest';
 import { loadConfig, parseConfig } from '../../../src/config/index.js';
-import { commandTopicOverlaps } from '../../../src/config/schema.js';
+import { commandTopicOverlaps, recordTopicMatcher } from '../../../src/config/schema.js';
 import { errorOf } from '../../helpers/index.js';
 
 const configError = (input: unknown) => errorOf(() => parseConfig(input));
@@ -57,11 +57,26 @@ describe('upstreams[].commands', () => {
     expect(err.message).toContain('must start with "wanwu/cmd/"');
   });
 
-  it('commandTopicOverlaps: same length, and each level equal or both placeholders', () => {
+  it('commandTopicOverlaps: a command literal meets an equal literal, or {kind}/{event} when it is a kind; a command placeholder meets anything', () => {
     expect(commandTopicOverlaps('a/{productKey}/{deviceName}', 'a/{deviceName}/{kind}')).toBe(true);
+    // Each record of kind "command" would arrive on the command subscription.
+    expect(commandTopicOverlaps('devices/{productKey}/{deviceName}/command', 'devices/{productKey}/{deviceName}/{kind}')).toBe(true);
+    expect(commandTopicOverlaps('devices/{productKey}/{deviceName}/state', 'devices/{productKey}/{deviceName}/{event}')).toBe(true);
+    expect(commandTopicOverlaps('wanwu/{productKey}/{deviceName}', 'wanwu/{productKey}/all')).toBe(true);
+    expect(commandTopicOverlaps('devices/{productKey}/{deviceName}/down', 'devices/{productKey}/{deviceName}/{kind}')).toBe(false);
     expect(commandTopicOverlaps('wanwu/cmd/{productKey}/{deviceName}', 'wanwu/{productKey}/{deviceName}/{kind}')).toBe(false);
     expect(commandTopicOverlaps('a/{productKey}/{deviceName}', 'a/{productKey}/{deviceName}/{kind}')).toBe(false);
     expect(commandTopicOverlaps('a/{productKey}/{deviceName}', 'b/{productKey}/{deviceName}')).toBe(false);
+  });
+
+  it('recordTopicMatcher: names match any level, {kind} only a kind', () => {
+    const m = recordTopicMatcher('wanwu/{productKey}/{deviceName}/{kind}');
+    expect(m('wanwu/PK/dn/command')).toBe(true);
+    expect(m('wanwu/cmd/TrackerCat1/state')).toBe(true);
+    expect(m('wanwu/cmd/TrackerCat1/tr-0001')).toBe(false);
+    expect(m('wanwu/PK/dn/command/x')).toBe(false);
+    expect(recordTopicMatcher('x.y/{productKey}-{deviceName}')('x.y/a-b')).toBe(true);
+    expect(recordTopicMatcher('x.y/{productKey}-{deviceName}')('xzy/a-b')).toBe(false);
   });
 });
 

@@ -1,6 +1,7 @@
 // The downlink stage (src/downlink/index.ts) on a real SQLite file, with a fake clock and a fake
 // record sink: submission and its refusals, state records per change, TTL expiry by the sweep,
 // device replies, cancel, restart, and the upstream command path (submitMessage, refusal records).
+import { WanwuError } from '../../../src/errors.js';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createDownlink, type Command, type CommandChange, type Downlink, type DownlinkOptions } from '../../../src/downlink/index.js';
@@ -258,6 +259,29 @@ describe('downlink (real SQLite file, fake clock, fake record sink)', () => {
       // A second reply to a command already final.
       await unmatched(replyOf(c, { id: c.msgId, code: 200 }), SET);
       expect(downlink.stats().unmatchedReplies).toBe(4);
+    });
+
+    it('commits the reply\'s state record before marking the command replied: a refused record leaves it open, so the device sends the reply again', async () => {
+      let refuse = false;
+      const kept: TelemetryRecord[] = [];
+      const { downlink } = await setup({
+        records: { append: async (rs) => (refuse ? Promise.reject(new WanwuError('WANWU_ERR_BUFFER_FULL', 'full')) : void kept.push(...rs)) },
+      });
+      const c = downlink.submit(PK, DN, { method: SET, params: { workMode: 1 } }, 'api');
+      refuse = true;
+      await expect(downlink.reply(replyOf(c, { id: c.msgId, code: 200 }), tracker, SET)).rejects.toMatchObject({ code: 'WANWU_ERR_BUFFER_FULL' });
+      expect(downlink.get(c.id)?.state).toBe('queued');
+      refuse = false;
+      await downlink.reply(replyOf(c, { id: c.msgId, code: 200 }), tracker, SET);
+      expect(downlink.get(c.id)?.state).toBe('replied-ok');
+      expect(states(kept, c.id)).toEqual([[null, 'queued'], ['queued', 'replied-ok']]);
+    });
+
+    it('turns a failing queue (SQLite) into WANWU_ERR_STORAGE, which an upstream message is not acknowledged for', async () => {
+      const { downlink } = await setup();
+      await downlink.stop();
+      expect(() => downlink.submit(PK, DN, { raw: '00' }, 'api')).toThrow(expect.objectContaining({ code: 'WANWU_ERR_STORAGE' }));
+      await expect(downlink.submitMessage(PK, DN, Buffer.from('{"raw":"00"}'), 'upstream:cloud')).rejects.toMatchObject({ code: 'WANWU_ERR_STORAGE' });
     });
 
     it('refuses a reply that is not an Alink reply (WANWU_ERR_MALFORMED)', async () => {
