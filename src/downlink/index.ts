@@ -108,6 +108,8 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
   /** `${pk}/${dn}` -> undelivered (queued or sent) commands: the transports' cheap check per uplink. */
   const undeliveredCount = new Map<string, number>();
   const counters = { submitted: 0, refused: {} as Record<string, number>, unmatchedReplies: 0 };
+  let byState: Record<CommandState, number> = { queued: 0, sent: 0, delivered: 0, 'replied-ok': 0, 'replied-error': 0, expired: 0, cancelled: 0 };
+  let byStateAt = -Infinity;
 
   const key = (pk: string, dn: string) => `${pk}/${dn}`;
   const open = (): CommandStore => {
@@ -124,6 +126,7 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
 
   /** After a store transition: keep the counts, publish the record, tell the listeners. */
   function changed(before: Command | null, after: Command, recordAppended = false): Promise<void> {
+    byStateAt = -Infinity;
     const was = before ? isUndelivered(before.state) : false;
     const is = isUndelivered(after.state);
     if (was !== is) adjust(after, is ? 1 : -1);
@@ -412,8 +415,15 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
       return () => listeners.delete(listener);
     },
     stats() {
+      // A GROUP BY over the table: read again after a change or a second, not at every /status and
+      // /metrics request (one scrape reads the stats several times).
+      const t = now();
+      if (store && t - byStateAt >= 1000) {
+        byState = store.countsByState();
+        byStateAt = t;
+      }
       return {
-        byState: store ? store.countsByState() : { queued: 0, sent: 0, delivered: 0, 'replied-ok': 0, 'replied-error': 0, expired: 0, cancelled: 0 },
+        byState: { ...byState },
         submitted: counters.submitted,
         refused: { ...counters.refused },
         unmatchedReplies: counters.unmatchedReplies,

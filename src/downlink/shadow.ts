@@ -90,6 +90,9 @@ interface PendingDevice {
   values: Map<string, { value: unknown; time: number }>;
 }
 
+/** How far ahead of the gateway's clock a device's timestamp counts (5 min). */
+const MAX_CLOCK_AHEAD_MS = 5 * 60_000;
+
 export function createShadow(opts: ShadowOptions): Shadow {
   const maxPending = opts.maxPending ?? 1_000_000;
   let pending = new Map<string, PendingDevice>();
@@ -162,7 +165,10 @@ export function createShadow(opts: ShadowOptions): Shadow {
     observe(_raw, records) {
       for (const r of records) {
         if (r.kind !== 'property') continue;
-        for (const [id, value] of Object.entries(r.data)) note(r.productKey, r.deviceName, id, value, r.ts);
+        // "Newest wins" goes by the device's time, but never past the gateway's by more than the skew
+        // a module clock may have: one value stamped years ahead (a bad RTC) would freeze the property.
+        const time = Math.min(r.ts, r.receivedAt + MAX_CLOCK_AHEAD_MS);
+        for (const [id, value] of Object.entries(r.data)) note(r.productKey, r.deviceName, id, value, time);
       }
     },
 

@@ -68,9 +68,11 @@ export class CommandStore {
   private readonly stmts: ReturnType<CommandStore['prepare']>;
 
   constructor(readonly file: string) {
+    let db: Database.Database | null = null;
     try {
       mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-      this.db = new Database(file);
+      db = new Database(file);
+      this.db = db;
       this.db.pragma('journal_mode = WAL');
       // Every change is an operator's or device's answer we have acknowledged: fsync each commit.
       this.db.pragma('synchronous = FULL');
@@ -78,6 +80,8 @@ export class CommandStore {
       this.migrate();
       this.stmts = this.prepare();
     } catch (err) {
+      // A file that opened but cannot be used (newer schema, read-only disk) is not left open.
+      if (db?.open) db.close();
       throw new WanwuError('WANWU_ERR_STORAGE', `command queue ${file} cannot be opened: ${(err as Error).message}`, { cause: err });
     }
   }

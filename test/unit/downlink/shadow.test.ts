@@ -68,6 +68,15 @@ describe('device shadow', () => {
     expect(shadow.reported(PK, 'tr-0002')).toEqual({});
   });
 
+  it('counts a device time at most 5 minutes ahead of the gateway, so one value from a clock years ahead does not freeze the property', () => {
+    const farAhead = { ...rec('property', 3_000_000_000_000, { batteryLevel: 10 }), receivedAt: 1000 };
+    shadow.observe(raw(), [farAhead]);
+    expect(shadow.reported(PK, DN)).toEqual({ batteryLevel: { value: 10, time: 1000 + 300_000 } });
+    shadow.observe(raw(), [rec('property', 400_000, { batteryLevel: 11 })]);
+    shadow.flush();
+    expect(shadow.reported(PK, DN)).toEqual({ batteryLevel: { value: 11, time: 400_000 } });
+  });
+
   it('survives a restart: reported values are on disk once flushed', async () => {
     shadow.observe(raw(), [rec('property', 1000, { speed: 3 })]);
     await shadow.stop(); // writes what is pending
