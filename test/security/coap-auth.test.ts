@@ -121,6 +121,25 @@ async function gateway(mode: 'required' | 'optional' | undefined, opts: { device
 }
 
 describe('CoAP authentication on a gateway with coap.auth.mode "required"', () => {
+  it('keeps at most 4 live tokens per device, so one device secret cannot push the others\' tokens out', async () => {
+    const g = await gateway('required');
+    const c = await g.client();
+    const tokenOf = async (f: { productKey: string; deviceName: string; secret: string; iccid?: string }, n: number) => {
+      const a = await c.request(authPacket(authBody({ ...f, timestamp: Date.now() + n })));
+      expect(a.packet.code).toBe('2.05');
+      return (JSON.parse(text(a)) as { token: string }).token;
+    };
+    const other = await tokenOf({ productKey: WM1.productKey, deviceName: 'wm-0002', secret: 'demo-secret-WaterMeterNB-0002' }, 0);
+    const mine: string[] = [];
+    for (let i = 1; i <= 6; i++) mine.push(await tokenOf(WM1, i));
+    // The two oldest of wm-0001 are gone; its newest four and the other device's token still work.
+    expect((await c.request(meterPacket('wm-0001', { token: mine[0]!, seq: 1 }))).packet.code).toBe('4.01');
+    expect((await c.request(meterPacket('wm-0001', { token: mine[1]!, seq: 1 }))).packet.code).toBe('4.01');
+    for (const token of mine.slice(2)) expect((await c.request(meterPacket('wm-0001', { token, seq: 1 }))).packet.code).toBe('2.04');
+    expect((await c.request(meterPacket('wm-0002', { token: other, seq: 1 }))).packet.code).toBe('2.04');
+    expect(g.auth()).toMatchObject({ tokens: 5, evicted: 2 });
+  });
+
   it('writes refused /auth requests and tokens to a rate-limited audit log (20 lines per 10 s, the rest counted)', async () => {
     const logger = recordingLogger();
     const g = await gateway('required', { logger });
@@ -459,11 +478,12 @@ describe('CoAP authentication on the listener alone, with an injected clock', ()
   });
 
   it('keeps at most maxTokens tokens: the oldest goes first', async () => {
-    const t = await listener({ maxTokens: 16 });
+    // 3 in all, fewer than the 4 one device may hold: the table's own limit decides.
+    const t = await listener({ maxTokens: 3 });
     const c = await t.client();
     const tokens: string[] = [];
-    for (let i = 0; i < 17; i++) tokens.push(await authenticate(c, { ...WM1, clientId: `c${i}`, timestamp: t.now() }));
-    expect(t.l.stats().auth).toMatchObject({ tokens: 16, evicted: 1 });
+    for (let i = 0; i < 4; i++) tokens.push(await authenticate(c, { ...WM1, clientId: `c${i}`, timestamp: t.now() }));
+    expect(t.l.stats().auth).toMatchObject({ tokens: 3, evicted: 1 });
     expect((await c.request(meterPacket('wm-0001', { token: tokens[0]!, seq: 1 }))).packet.code).toBe('4.01');
     expect((await c.request(meterPacket('wm-0001', { token: tokens[1]!, seq: 1 }))).packet.code).toBe('2.04');
   });

@@ -600,6 +600,14 @@ describe('refusals on /status and /metrics', () => {
     expect((await client.request(post(1, path, frame, { extra: device.options() }))).packet.code).toBe('2.04');
     expect((await client.request(post(2, path, frame, { extra: device.options() }))).packet.code).toBe('4.29');
     expect((await getJson(gateway.addresses().http.port, '/status')).body.listeners.coap.refused.rateLimitedDevice).toBe(1);
+    // A signed /auth has its own bucket per device (its uplinks' is empty, yet the first /auth passes):
+    // the second within the same second is refused, so one device's secret cannot churn tokens.
+    const again = await client.authenticate({ productKey, deviceName, secret: await deviceSecret(productKey, deviceName) }).then(
+      () => 'issued',
+      (err: Error) => err.message,
+    );
+    expect(again).toMatch(/4\.29/);
+    expect((await getJson(gateway.addresses().http.port, '/status')).body.listeners.coap.refused.rateLimitedDevice).toBe(2);
   });
 
   it('/metrics counts rate-limit refusals by reason', async () => {

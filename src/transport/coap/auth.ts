@@ -39,6 +39,13 @@ export const AUTH_PATH_SEGMENT = 'auth';
 export const AUTH_MAX_BODY_BYTES = 512;
 /** Token size: 128 random bits, sent as 22 base64url characters (or accepted as the 16 raw bytes). */
 const TOKEN_BYTES = 16;
+/**
+ * Live tokens one device may hold. More than one, so a module that authenticates again while an
+ * uplink with its previous token is still on the way does not lose it, and a load generator may give
+ * a few sockets one device each.
+ */
+export const TOKENS_PER_DEVICE = 4;
+
 /** Bytes of the `random` in the answer (hex): 16 hex digits, as in Alibaba's example answer (encryption.ts [doc]). */
 const RANDOM_BYTES = 8;
 
@@ -166,6 +173,8 @@ interface AuthBody {
 
 export class CoapAuthenticator {
   private readonly tokens = new Map<string, Session>();
+  /** `pk/dn` -> the device's tokens, oldest first (may name tokens already swept: filtered at issue). */
+  private readonly byDevice = new Map<string, string[]>();
   /** /auth signs already answered, until their timestamp leaves the window: `pk\0dn\0ts\0clientId` -> expiry ms. */
   private readonly usedSigns = new Map<string, number>();
   private readonly counters = {
@@ -258,6 +267,16 @@ export class CoapAuthenticator {
   /** Stores a granted token (dropping the oldest at the cap) and remembers its sign. */
   issue(grant: AuthGrant): void {
     const t = this.now();
+    // At most TOKENS_PER_DEVICE live tokens per device, its oldest dropped first: one device's secret
+    // (pulled out of one module) cannot fill the table and push every other device's token out.
+    const device = `${grant.productKey}/${grant.deviceName}`;
+    const own = (this.byDevice.get(device) ?? []).filter((tok) => this.tokens.has(tok));
+    while (own.length >= TOKENS_PER_DEVICE) {
+      this.tokens.delete(own.shift()!);
+      this.counters.evicted++;
+    }
+    own.push(grant.token);
+    this.byDevice.set(device, own);
     while (this.tokens.size >= this.opts.maxTokens) {
       const oldest = this.tokens.keys().next().value as string;
       this.tokens.delete(oldest);
@@ -364,6 +383,7 @@ export class CoapAuthenticator {
 
   clear(): void {
     this.tokens.clear();
+    this.byDevice.clear();
     this.usedSigns.clear();
   }
 

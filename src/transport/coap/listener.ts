@@ -578,6 +578,18 @@ export function createListener(opts: CoapListenerOptions, tuningOverrides: Parti
       respondNow(confirmable, messageId, packet.token, authErrorResponse(checked), address, port, maxBytes);
       return;
     }
+    // A signed /auth has a per-device bucket of its own (coap.limits.perDevice's rate, apart from the
+    // uplinks'), so whoever holds one device's secret cannot churn tokens and remembered signs at the
+    // per-source rate, and a device's /auth never spends its uplinks' budget.
+    if (deviceLimiter !== null && !(limits.exemptLoopback && isLoopback(address))) {
+      const { productKey, deviceName } = checked.grant;
+      const waitS = deviceLimiter.take(`/auth ${productKey}/${deviceName}`, now());
+      if (waitS > 0) {
+        const spec = tooManyRequestsResponse(`WANWU_ERR_RATE_LIMITED device ${productKey}/${deviceName} over ${limits.perDevice.perSecond}/s`, waitS);
+        refuse('rateLimitedDevice', confirmable, messageId, packet.token, spec, address, port, maxBytes);
+        return;
+      }
+    }
     const spec: ResponseSpec = { code: '2.05', options: [{ name: OPT_CONTENT_FORMAT, value: encodeUint(CONTENT_FORMAT_JSON) }], payload: CoapAuthenticator.answer(checked.grant) };
     const carrier: Carrier = confirmable ? 'ack' : 'non';
     const bytes = encodeResponse(carrier, confirmable ? messageId : allocMessageId(), packet.token, spec);
