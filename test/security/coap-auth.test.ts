@@ -16,6 +16,7 @@ import { loadRegistry, type Device, type Registry } from '../../src/registry/ind
 import { openDeviceStore, registryPaths } from '../../src/registry/store.js';
 import { COAP_LIMITS_DEFAULTS } from '../../src/config/schema.js';
 import { createCoapListener, type CoapLimits, type CoapListener } from '../../src/transport/coap/index.js';
+import { TOKENS_PER_DEVICE } from '../../src/transport/coap/auth.js';
 import type { IngestOutcome, Logger, RawMessage } from '../../src/types.js';
 import { DEVICES_DIR, gatewayConfig, getJson } from '../helpers/gateway.js';
 import { silentLogger, tempDir } from '../helpers/index.js';
@@ -121,7 +122,7 @@ async function gateway(mode: 'required' | 'optional' | undefined, opts: { device
 }
 
 describe('CoAP authentication on a gateway with coap.auth.mode "required"', () => {
-  it('keeps at most 4 live tokens per device, so one device secret cannot push the others\' tokens out', async () => {
+  it('keeps at most 16 live tokens per device, so one device secret cannot push the others\' tokens out', async () => {
     const g = await gateway('required');
     const c = await g.client();
     const tokenOf = async (f: { productKey: string; deviceName: string; secret: string; iccid?: string }, n: number) => {
@@ -131,13 +132,13 @@ describe('CoAP authentication on a gateway with coap.auth.mode "required"', () =
     };
     const other = await tokenOf({ productKey: WM1.productKey, deviceName: 'wm-0002', secret: 'demo-secret-WaterMeterNB-0002' }, 0);
     const mine: string[] = [];
-    for (let i = 1; i <= 6; i++) mine.push(await tokenOf(WM1, i));
-    // The two oldest of wm-0001 are gone; its newest four and the other device's token still work.
+    for (let i = 1; i <= TOKENS_PER_DEVICE + 2; i++) mine.push(await tokenOf(WM1, i));
+    // The two oldest of wm-0001 are gone; its newest 16 and the other device's token still work.
     expect((await c.request(meterPacket('wm-0001', { token: mine[0]!, seq: 1 }))).packet.code).toBe('4.01');
     expect((await c.request(meterPacket('wm-0001', { token: mine[1]!, seq: 1 }))).packet.code).toBe('4.01');
     for (const token of mine.slice(2)) expect((await c.request(meterPacket('wm-0001', { token, seq: 1 }))).packet.code).toBe('2.04');
     expect((await c.request(meterPacket('wm-0002', { token: other, seq: 1 }))).packet.code).toBe('2.04');
-    expect(g.auth()).toMatchObject({ tokens: 5, evicted: 2 });
+    expect(g.auth()).toMatchObject({ tokens: TOKENS_PER_DEVICE + 1, evicted: 2 });
   });
 
   it('writes refused /auth requests and tokens to a rate-limited audit log (20 lines per 10 s, the rest counted)', async () => {
@@ -478,7 +479,7 @@ describe('CoAP authentication on the listener alone, with an injected clock', ()
   });
 
   it('keeps at most maxTokens tokens: the oldest goes first', async () => {
-    // 3 in all, fewer than the 4 one device may hold: the table's own limit decides.
+    // 3 in all, fewer than the 16 one device may hold: the table's own limit decides.
     const t = await listener({ maxTokens: 3 });
     const c = await t.client();
     const tokens: string[] = [];

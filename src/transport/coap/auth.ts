@@ -42,9 +42,10 @@ const TOKEN_BYTES = 16;
 /**
  * Live tokens one device may hold. More than one, so a module that authenticates again while an
  * uplink with its previous token is still on the way does not lose it, and a load generator may give
- * a few sockets one device each.
+ * one device to each of its 16 sockets (simulators/lib/load.ts). Bounded, so one device's secret
+ * cannot fill the table.
  */
-export const TOKENS_PER_DEVICE = 4;
+export const TOKENS_PER_DEVICE = 16;
 
 /** Bytes of the `random` in the answer (hex): 16 hex digits, as in Alibaba's example answer (encryption.ts [doc]). */
 const RANDOM_BYTES = 8;
