@@ -55,6 +55,16 @@ export async function connectDevice(port: number, productKey: string, deviceName
   return client;
 }
 
+/** Connects an mqtt.js client as the demo application account (app / wanwu-demo, devices/README.md), which reads wanwu/#. */
+export async function connectApp(port: number): Promise<MqttClient> {
+  const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, { username: 'app', password: 'wanwu-demo', reconnectPeriod: 0, protocolVersion: 4 });
+  await new Promise<void>((resolve, reject) => {
+    client.once('connect', () => resolve());
+    client.once('error', reject);
+  });
+  return client;
+}
+
 export async function getJson(port: number, path: string): Promise<{ status: number; body: any; text: string }> {
   const res = await fetch(`http://127.0.0.1:${port}${path}`);
   const text = await res.text();

@@ -4,12 +4,12 @@
 
 import { request } from 'node:http';
 import { join } from 'node:path';
-import mqtt, { type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startGatewayProcess, writeConfigFile } from '../../simulators/lib/gateway-process.js';
 import type { ConfigInput } from '../../src/config/index.js';
 import { createGateway, type Gateway } from '../../src/gateway.js';
-import { connectDevice, DEMO, DEVICES_DIR, gatewayConfig, startGateway } from '../helpers/gateway.js';
+import { connectApp, connectDevice, DEMO, DEVICES_DIR, gatewayConfig, startGateway } from '../helpers/gateway.js';
 import { recordingLogger, tempDir, waitUntil } from '../helpers/index.js';
 
 const { productKey: PK, deviceName: DN } = DEMO.tracker;
@@ -66,12 +66,8 @@ describe('command API and upstream command topic (real gateway)', () => {
 
   /** An application account on the local upstream, collecting the command records of every device. */
   async function app(port: number): Promise<{ client: MqttClient; states: StateData[] }> {
-    const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, { username: 'app', password: 'wanwu-demo', reconnectPeriod: 0, protocolVersion: 4 });
+    const client = await connectApp(port);
     cleanups.push(() => client.end(true));
-    await new Promise<void>((resolve, reject) => {
-      client.once('connect', () => resolve());
-      client.once('error', reject);
-    });
     const states: StateData[] = [];
     client.on('message', (topic, payload) => {
       if (topic.endsWith('/command')) states.push((JSON.parse(payload.toString()) as { data: StateData }).data);
@@ -355,7 +351,7 @@ describe('command API and upstream command topic (real gateway)', () => {
     await client.publishAsync(`wanwu/cmd/${PK}/${DN}`, JSON.stringify({ raw: '0a', requestId: 'retained' }), { qos: 1, retain: true });
     await waitUntil(async () => (await api(first.http, 'GET', '/api/commands')).body.commands.length === 1, 5000, 'the command');
     // A new subscription of the same broker would get a retained message at once.
-    const late = mqtt.connect(`mqtt://127.0.0.1:${first.mqtt}`, { username: 'app', password: 'wanwu-demo', reconnectPeriod: 0, protocolVersion: 4 });
+    const late = await connectApp(first.mqtt);
     cleanups.push(() => late.end(true));
     const seen: string[] = [];
     late.on('message', (topic) => seen.push(topic));

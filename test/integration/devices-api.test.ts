@@ -1,12 +1,11 @@
 // Device liveness and shadow through a real gateway: MQTT and CoAP devices on port 0, the HTTP API,
 // /status and /metrics, and the state records on the gateway's own (local) upstream.
 
-import mqtt, { type MqttClient } from 'mqtt';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CoapClient } from '../../simulators/lib/coap-client.js';
 import { PROPERTY_SET_METHOD } from '../../src/downlink/index.js';
 import type { Gateway } from '../../src/gateway.js';
-import { connectDevice, DEMO, getJson, startGateway } from '../helpers/gateway.js';
+import { connectApp, connectDevice, DEMO, getJson, startGateway } from '../helpers/gateway.js';
 import { tempDir, waitUntil } from '../helpers/index.js';
 
 interface Received {
@@ -31,12 +30,8 @@ describe('device liveness and shadow (real gateway)', () => {
 
   /** An application on the local upstream (the demo app account), collecting the state records. */
   const watchStates = async (port: number): Promise<Received[]> => {
-    const app: MqttClient = mqtt.connect(`mqtt://127.0.0.1:${port}`, { username: 'app', password: 'wanwu-demo', reconnectPeriod: 0, protocolVersion: 4 });
+    const app = await connectApp(port);
     closers.push(() => app.end(true));
-    await new Promise<void>((resolve, reject) => {
-      app.once('connect', () => resolve());
-      app.once('error', reject);
-    });
     const got: Received[] = [];
     app.on('message', (topic, payload) => got.push({ topic, json: JSON.parse(payload.toString()) }));
     await app.subscribeAsync('wanwu/+/+/state', { qos: 1 });

@@ -3,7 +3,7 @@
 // records. Also the listener's presence events, on a listener of its own.
 
 import { connect as tcpConnect } from 'node:net';
-import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from 'mqtt';
+import type { IClientOptions, IClientPublishOptions, MqttClient } from 'mqtt';
 import { generate } from 'mqtt-packet';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MQTT_LIMITS_DEFAULTS } from '../../src/config/schema.js';
@@ -12,7 +12,7 @@ import type { Gateway } from '../../src/gateway.js';
 import { loadRegistry } from '../../src/registry/index.js';
 import { signMqttLogin } from '../../src/registry/sign.js';
 import { createMqttListener, type MqttListener } from '../../src/transport/mqtt/index.js';
-import { connectDevice, DEVICES_DIR, deviceSecret, startGateway } from '../helpers/gateway.js';
+import { connectApp, connectDevice, DEVICES_DIR, deviceSecret, startGateway } from '../helpers/gateway.js';
 import { silentLogger, tempDir, waitUntil } from '../helpers/index.js';
 
 const PK = 'TrackerCat1';
@@ -53,12 +53,8 @@ describe('commands to MQTT devices', () => {
     const gw = await startGateway(dir.path, [{ name: 'local', url: 'local' }]);
     cleanups.push(() => gw.stop());
     const port = gw.addresses().mqtt.port;
-    const app = mqtt.connect(`mqtt://127.0.0.1:${port}`, { username: 'app', password: 'wanwu-demo', reconnectPeriod: 0, protocolVersion: 4 });
+    const app = await connectApp(port);
     cleanups.push(() => app.end(true));
-    await new Promise<void>((resolve, reject) => {
-      app.once('connect', () => resolve());
-      app.once('error', reject);
-    });
     const states: StateRecord[] = [];
     app.on('message', (topic, payload) => {
       if (topic.endsWith('/command')) states.push((JSON.parse(payload.toString()) as { data: StateRecord }).data);
