@@ -3,8 +3,8 @@
 //
 // Group commit: append() and deadLetter() queue their rows and return a promise; everything queued is
 // written in a single transaction by the writer thread (writer.ts), then all the promises settle
-// together. Two commits may be under way (one being written, the next waiting in the writer), so the
-// main thread prepares a batch while the previous one is written; what arrives meanwhile forms the
+// together. Up to four commits may be under way (one being written, the next ones queued in the writer),
+// so the main thread prepares batches while earlier ones are written; what arrives meanwhile forms the
 // next batch. One fsync serves every device that spoke in that time, the commit cost per message falls
 // as load rises, and no device is acknowledged before its row is durable. The main thread's own
 // connection reads (forwarders, status) and does the once-a-second housekeeping.
@@ -198,8 +198,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 `;
 
-/** Commits handed to the writer at once: one being written while the main thread prepares the next. */
-const COMMITS_IN_FLIGHT = 2;
+/**
+ * Commits handed to the writer at once: one being written, the rest queued in the writer so it never
+ * waits for the main thread between transactions. 4 measured best with 2,000 devices (bench:store,
+ * median of 8 runs: 2 -> 207k records/s, 3 -> 235k, 4 -> 253k, 6 and 8 no better).
+ */
+const COMMITS_IN_FLIGHT = 4;
 /** A batch this large goes to the writer at once rather than at the end of the event-loop turn. */
 const EARLY_FLUSH_RECORDS = 512;
 /** Rows deleted per statement when pruning, dropping or expiring, so one call never stalls the loop long. */
