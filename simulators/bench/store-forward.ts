@@ -8,7 +8,7 @@
 //              >= 5x that rate once it is back
 //   backlog  - (--backlog N, e.g. 10000000) RSS while N records fill and drain, and the file size after
 //
-//   npm run bench:store -- [--records 200000] [--backlog 10000000] [--json]
+//   npm run bench:store -- [--records 200000] [--backlog 10000000] [--append-only] [--json]
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -232,7 +232,10 @@ async function main(argv: string[]): Promise<void> {
   const figures: BenchFigure[] = [];
   try {
     figures.push(...(await benchAppend(dir, records)));
-    if (!which('mosquitto')) {
+    // --append-only: just those rows, for repeating them in fresh processes (README, Benchmarks).
+    if (argv.includes('--append-only')) {
+      // nothing more
+    } else if (!which('mosquitto')) {
       process.stderr.write('mosquitto is not installed: skipping the forwarding figures (apt-get install -y mosquitto)\n');
     } else {
       const broker = new Mosquitto(dir);
