@@ -8,13 +8,14 @@
 // in-process listeners (shadow, API waiters). Transports are woken when a command is queued.
 
 import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { asWanwuError, WanwuError } from '../errors.js';
 import type { Product, Registry } from '../registry/index.js';
 import { deviceRefusal } from '../registry/index.js';
 import { validateParams } from '../thing-model/index.js';
 import type { Logger, RawMessage, TelemetryRecord, Transport } from '../types.js';
 import { uuidv7 } from '../util/uuidv7.js';
-import { buildCommand, parseCommandRequest, REQUEST_ID_MAX } from './build.js';
+import { buildCommand, parseCommandRequest, REQUEST_ID_MAX, type BuiltCommand } from './build.js';
 import { CommandStore, type ListFilter } from './store.js';
 import {
   DOWN_RAW_METHOD,
@@ -59,6 +60,8 @@ export interface DownlinkStats {
   /** Commands in the store by state (final ones within downlink.retainS). */
   byState: Record<CommandState, number>;
   submitted: number;
+  /** Submissions that repeated a device's requestId and were answered with the command already queued. */
+  repeated: number;
   /** Submissions refused, by error code. */
   refused: Record<string, number>;
   /** Device replies that matched no open command. */
@@ -107,7 +110,7 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
   const listeners = new Set<(change: CommandChange) => void>();
   /** `${pk}/${dn}` -> undelivered (queued or sent) commands: the transports' cheap check per uplink. */
   const undeliveredCount = new Map<string, number>();
-  const counters = { submitted: 0, refused: {} as Record<string, number>, unmatchedReplies: 0 };
+  const counters = { submitted: 0, repeated: 0, refused: {} as Record<string, number>, unmatchedReplies: 0 };
   let byState: Record<CommandState, number> = { queued: 0, sent: 0, delivered: 0, 'replied-ok': 0, 'replied-error': 0, expired: 0, cancelled: 0 };
   let byStateAt = -Infinity;
 
@@ -270,6 +273,21 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
         const ttlS = req.ttl ?? opts.ttlS;
         if (ttlS > opts.maxTtlS) throw new WanwuError('WANWU_ERR_COMMAND', `ttl ${ttlS} s exceeds downlink.maxTtlS ${opts.maxTtlS}`);
         const built = buildCommand(product, device, req, opts.maxPayloadBytes);
+        if (req.requestId !== undefined) {
+          // At-least-once submitters (an upstream redelivering a message, an HTTP client retrying after
+          // a timeout) send the same command again: it is answered with the command already queued,
+          // never queued twice. The same requestId for a different command is refused.
+          const earlier = s.byRequestId(productKey, deviceName, req.requestId);
+          if (earlier) {
+            if (!sameRequest(earlier, built)) {
+              throw new WanwuError('WANWU_ERR_COMMAND', `requestId "${req.requestId}" already names another command for ${productKey}/${deviceName} (${earlier.id})`, {
+                detail: { commandId: earlier.id },
+              });
+            }
+            counters.repeated++;
+            return earlier;
+          }
+        }
         if (s.openCount(productKey, deviceName) >= opts.maxPerDevice) {
           throw new WanwuError('WANWU_ERR_QUEUE_FULL', `${productKey}/${deviceName} has ${opts.maxPerDevice} open commands (downlink.maxPerDevice)`);
         }
@@ -425,6 +443,7 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
       return {
         byState: { ...byState },
         submitted: counters.submitted,
+        repeated: counters.repeated,
         refused: { ...counters.refused },
         unmatchedReplies: counters.unmatchedReplies,
       };
@@ -453,4 +472,12 @@ function parseReply(payload: Buffer): { id: string; code: number; data?: unknown
   if (data !== undefined) out.data = data;
   if (typeof message === 'string') out.message = message.slice(0, 256);
   return out;
+}
+
+/** Whether a repeated requestId asks for what its earlier command asked for (the ttl aside). */
+function sameRequest(earlier: Command, built: BuiltCommand): boolean {
+  if (earlier.method !== built.method || earlier.topic !== built.topic) return false;
+  // Raw commands have no params: their bytes are the request.
+  if (built.params === undefined) return earlier.params === undefined && earlier.payload.equals(built.encode(earlier.msgId));
+  return isDeepStrictEqual(earlier.params ?? {}, built.params);
 }

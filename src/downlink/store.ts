@@ -12,8 +12,10 @@ import Database from 'better-sqlite3';
 import { WanwuError } from '../errors.js';
 import { FINAL_STATES, UNDELIVERED_STATES, type Command, type CommandReply, type CommandState, type DeliveryVia } from './types.js';
 
-// 1: the table; 2: request_id (the submitter's correlation id, echoed in state records).
-const SCHEMA_VERSION = 2;
+// 1: the table; 2: request_id (the submitter's correlation id, echoed in state records); 3: an index
+// on it (a repeated requestId finds its command: submissions are idempotent per device and requestId).
+const SCHEMA_VERSION = 3;
+const REQUEST_INDEX = 'CREATE INDEX IF NOT EXISTS commands_request ON commands (product_key, device_name, request_id) WHERE request_id IS NOT NULL';
 
 interface Row {
   seq: number;
@@ -90,8 +92,9 @@ export class CommandStore {
     const version = this.db.pragma('user_version', { simple: true }) as number;
     if (version === SCHEMA_VERSION) return;
     if (version > SCHEMA_VERSION) throw new Error(`schema version ${version} is newer than this Wanwu (${SCHEMA_VERSION})`);
-    if (version === 1) {
-      this.db.exec(`ALTER TABLE commands ADD COLUMN request_id TEXT; PRAGMA user_version = ${SCHEMA_VERSION};`);
+    if (version === 1 || version === 2) {
+      const column = version === 1 ? 'ALTER TABLE commands ADD COLUMN request_id TEXT;' : '';
+      this.db.exec(`${column} ${REQUEST_INDEX}; PRAGMA user_version = ${SCHEMA_VERSION};`);
       return;
     }
     this.db.exec(`
@@ -120,6 +123,7 @@ export class CommandStore {
       CREATE INDEX IF NOT EXISTS commands_device ON commands (product_key, device_name, seq);
       CREATE INDEX IF NOT EXISTS commands_open ON commands (expires_at) WHERE state NOT IN (${FINAL_SQL});
       CREATE INDEX IF NOT EXISTS commands_state ON commands (state, seq);
+      ${REQUEST_INDEX};
       PRAGMA user_version = ${SCHEMA_VERSION};
     `);
   }
@@ -131,6 +135,7 @@ export class CommandStore {
         VALUES (@id, @productKey, @deviceName, @method, @params, @topic, x'', 'queued', @source, @requestId, @createdAt, @createdAt, @expiresAt)`),
       setPayload: db.prepare('UPDATE commands SET payload = ? WHERE seq = ?'),
       byId: db.prepare('SELECT * FROM commands WHERE id = ?'),
+      byRequestId: db.prepare('SELECT * FROM commands WHERE product_key = ? AND device_name = ? AND request_id = ? ORDER BY seq DESC LIMIT 1'),
       byMsgId: db.prepare('SELECT * FROM commands WHERE seq = ? AND product_key = ? AND device_name = ?'),
       undelivered: db.prepare(`SELECT * FROM commands WHERE product_key = ? AND device_name = ? AND state IN (${UNDELIVERED_SQL}) ORDER BY seq LIMIT ?`),
       oldestOpen: db.prepare(`SELECT * FROM commands WHERE product_key = ? AND device_name = ? AND topic = ? AND state IN ('sent', 'delivered') ORDER BY seq LIMIT 1`),
@@ -160,6 +165,12 @@ export class CommandStore {
 
   get(id: string): Command | null {
     const row = this.stmts.byId.get(id) as Row | undefined;
+    return row ? toCommand(row) : null;
+  }
+
+  /** The device's newest command submitted with this requestId (kept until pruned), or null. */
+  byRequestId(productKey: string, deviceName: string, requestId: string): Command | null {
+    const row = this.stmts.byRequestId.get(productKey, deviceName, requestId) as Row | undefined;
     return row ? toCommand(row) : null;
   }
 

@@ -327,6 +327,29 @@ describe('command API and upstream command topic (real gateway)', () => {
     expect((await api(http, 'GET', '/api/commands')).body.commands.map((x: { requestId?: string }) => x.requestId)).toEqual(['cloud-1']);
   });
 
+  it('a repeated requestId gets the command already queued (HTTP retry, upstream redelivery), never a second one', async () => {
+    const { http, mqtt: mqttPort } = await start();
+    const { client, states } = await app(mqttPort);
+    const body = { method: SET, params: { workMode: 1 }, requestId: 'retry-1' };
+    const first = await api(http, 'POST', DEVICE, body);
+    const again = await api(http, 'POST', DEVICE, body);
+    expect(first.status).toBe(202);
+    expect(again).toMatchObject({ status: 202, body: { id: first.body.id, requestId: 'retry-1' } });
+    const other = await api(http, 'POST', DEVICE, { ...body, params: { workMode: 2 } });
+    expect(other).toMatchObject({ status: 400, body: { code: 'WANWU_ERR_COMMAND' } });
+
+    // The same message twice on the command topic, as a broker redelivers it: one command.
+    const message = JSON.stringify({ method: SET, params: { workMode: 2 }, requestId: 'cloud-dup' });
+    await client.publishAsync(`wanwu/cmd/${PK}/${DN}`, message, { qos: 1 });
+    await client.publishAsync(`wanwu/cmd/${PK}/${DN}`, message, { qos: 1 });
+    await waitUntil(() => states.some((s) => s.requestId === 'cloud-dup'), 5000, 'the queued record of cloud-dup');
+    const listed = (await api(http, 'GET', '/api/commands')).body.commands.map((x: { requestId?: string }) => x.requestId);
+    expect(listed.sort()).toEqual(['cloud-dup', 'retry-1']);
+    const status = (await api(http, 'GET', '/status')).body;
+    expect(status.commands).toMatchObject({ submitted: 2, repeated: 2 });
+    expect(states.filter((s) => s.requestId === 'cloud-dup')).toHaveLength(1);
+  });
+
   it('lets application accounts publish under wanwu/cmd/ only: a forged record elsewhere closes the connection', async () => {
     const { mqtt: mqttPort } = await start();
     const watcher = await app(mqttPort);

@@ -139,6 +139,67 @@ describe('downlink (real SQLite file, fake clock, fake record sink)', () => {
     });
   });
 
+  describe('requestId (idempotent submission)', () => {
+    it('answers a repeated requestId with the command already queued, queued once and counted', async () => {
+      const { downlink, records } = await setup();
+      const body = { method: SET, params: { workMode: 2 }, requestId: 'cloud-7' };
+      const first = downlink.submit(PK, DN, body, 'api');
+      const recordsAfterFirst = records.length;
+      // The same request again, its params in another order and with another ttl: the same command.
+      const again = downlink.submit(PK, DN, { requestId: 'cloud-7', params: { workMode: 2 }, method: SET, ttl: 60 }, 'api');
+      expect(again.id).toBe(first.id);
+      expect(downlink.undelivered(PK, DN)).toHaveLength(1);
+      expect(records).toHaveLength(recordsAfterFirst);
+      expect(downlink.stats()).toMatchObject({ submitted: 1, repeated: 1 });
+      // Still the same command once it has moved on (an upstream redelivering after the device replied).
+      downlink.cancel(first.id);
+      expect(downlink.submit(PK, DN, body, 'api')).toMatchObject({ id: first.id, state: 'cancelled' });
+      // Another device, or no requestId, is another command.
+      expect(downlink.submit(PK, 'tr-0002', body, 'api').id).not.toBe(first.id);
+      expect(downlink.submit(PK, DN, { method: SET, params: { workMode: 2 } }, 'api').id).not.toBe(first.id);
+    });
+
+    it('treats raw commands by their bytes', async () => {
+      const { downlink } = await setup();
+      const a = downlink.submit(PK, DN, { raw: 'ca', requestId: 'r-raw' }, 'api');
+      expect(downlink.submit(PK, DN, { raw: 'CA', requestId: 'r-raw' }, 'api').id).toBe(a.id);
+      expect(errorOf(() => downlink.submit(PK, DN, { raw: 'cb', requestId: 'r-raw' }, 'api')).code).toBe('WANWU_ERR_COMMAND');
+    });
+
+    it('refuses the same requestId for a different command, naming the earlier one', async () => {
+      const { downlink } = await setup();
+      const a = downlink.submit(PK, DN, { method: SET, params: { workMode: 2 }, requestId: 'r-1' }, 'api');
+      const err = errorOf(() => downlink.submit(PK, DN, { method: SET, params: { workMode: 1 }, requestId: 'r-1' }, 'api'));
+      expect(err).toMatchObject({ code: 'WANWU_ERR_COMMAND', message: expect.stringContaining(a.id) });
+      expect(errorOf(() => downlink.submit(PK, DN, { raw: '00', requestId: 'r-1' }, 'api')).code).toBe('WANWU_ERR_COMMAND');
+      expect(downlink.stats()).toMatchObject({ submitted: 1, repeated: 0, refused: { WANWU_ERR_COMMAND: 2 } });
+    });
+
+    it('is not refused by a full queue: the repeat takes no room', async () => {
+      const { downlink } = await setup({ maxPerDevice: 1 });
+      const a = downlink.submit(PK, DN, { raw: '01', requestId: 'only' }, 'api');
+      expect(downlink.submit(PK, DN, { raw: '01', requestId: 'only' }, 'api').id).toBe(a.id);
+      expect(errorOf(() => downlink.submit(PK, DN, { raw: '02' }, 'api')).code).toBe('WANWU_ERR_QUEUE_FULL');
+    });
+
+    it('a redelivered upstream message queues one command and one queued record', async () => {
+      const { downlink, records } = await setup();
+      const message = Buffer.from(JSON.stringify({ method: INTERVAL, params: { interval: 600 }, requestId: 'cloud-99' }));
+      const a = await downlink.submitMessage(PK, DN, message, 'upstream:cloud');
+      const b = await downlink.submitMessage(PK, DN, message, 'upstream:cloud');
+      expect(b?.id).toBe(a?.id);
+      expect(records.filter((r) => r.data.requestId === 'cloud-99' && r.data.state === 'queued')).toHaveLength(1);
+    });
+
+    it('keeps working across a restart', async () => {
+      const first = await setup();
+      const a = first.downlink.submit(PK, DN, { raw: '0a', requestId: 'persisted' }, 'api');
+      await first.downlink.stop();
+      const second = await setup({}, first.path);
+      expect(second.downlink.submit(PK, DN, { raw: '0a', requestId: 'persisted' }, 'api').id).toBe(a.id);
+    });
+  });
+
   describe('state changes', () => {
     it('appends one record per change: queued, sent, delivered, replied-ok', async () => {
       const { downlink, records } = await setup();

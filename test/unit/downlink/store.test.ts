@@ -1,5 +1,5 @@
 // The command queue's SQLite store (src/downlink/store.ts) on real files: transitions and their
-// guards, per-device order, reopening, AUTOINCREMENT message ids, pruning and the v1 -> v2 migration.
+// guards, per-device order, reopening, AUTOINCREMENT message ids, pruning and the v1/v2 -> v3 migrations.
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -205,14 +205,33 @@ describe('CommandStore (real SQLite file)', () => {
     s1.close();
     // Turn it back into what version 1 wrote: the table without request_id.
     const db = new Database(file);
-    db.exec('ALTER TABLE commands DROP COLUMN request_id; PRAGMA user_version = 1;');
+    db.exec('DROP INDEX commands_request; ALTER TABLE commands DROP COLUMN request_id; PRAGMA user_version = 1;');
     db.close();
     const s2 = open(file);
     expect(s2.get(a.id)?.state).toBe('queued');
     const b = s2.insert(cmd({ requestId: 'r-1' }), encode);
     expect(s2.get(b.id)?.requestId).toBe('r-1');
+    expect(s2.byRequestId(cmd().productKey, cmd().deviceName, 'r-1')?.id).toBe(b.id);
     const check = new Database(file, { readonly: true });
-    expect(check.pragma('user_version', { simple: true })).toBe(2);
+    expect(check.pragma('user_version', { simple: true })).toBe(3);
+    check.close();
+  });
+
+  it('upgrades a version 2 file (request_id without its index) in place', () => {
+    const file = newPath();
+    const s1 = open(file);
+    const a = s1.insert(cmd({ requestId: 'r-7' }), encode);
+    s1.close();
+    const db = new Database(file);
+    db.exec('DROP INDEX commands_request; PRAGMA user_version = 2;');
+    db.close();
+    const s2 = open(file);
+    expect(s2.byRequestId(a.productKey, a.deviceName, 'r-7')?.id).toBe(a.id);
+    expect(s2.byRequestId(a.productKey, a.deviceName, 'r-8')).toBeNull();
+    expect(s2.byRequestId(a.productKey, 'another-device', 'r-7')).toBeNull();
+    const check = new Database(file, { readonly: true });
+    expect(check.pragma('user_version', { simple: true })).toBe(3);
+    expect(check.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'commands_request'").pluck().get()).toBe('commands_request');
     check.close();
   });
 
