@@ -267,7 +267,9 @@ export class CommandDelivery {
   forPoll(target: PollTarget, token: Buffer, payloadKey: Buffer | undefined): Carry | null {
     if (!this.o.port.hasUndelivered(target.productKey, target.deviceName)) return null;
     const under = (c: Command) => c.topic === target.topic || c.topic.startsWith(`${target.topic}/`);
-    const list = this.read(() => this.o.port.undelivered(target.productKey, target.deviceName, 100)).filter(under);
+    // A command being pushed in this window is on its way already: a poll meanwhile gets the next one.
+    const pushing = this.devices.get(`${target.productKey}/${target.deviceName}`)?.push?.commandId;
+    const list = this.read(() => this.o.port.undelivered(target.productKey, target.deviceName, 100)).filter((c) => under(c) && c.id !== pushing);
     const command = list[0];
     if (command === undefined) return null;
     return this.fitCarry(commandSpec('2.05', command, list.length > 1), command, token, payloadKey);
@@ -439,7 +441,9 @@ export class CommandDelivery {
     if (e.push !== null || e.paused || this.detach === null) return;
     const t = this.o.monotonic();
     if (t >= e.windowEnd) return;
-    const command = this.read(() => this.o.port.undelivered(e.productKey, e.deviceName, 1))[0];
+    // Not the command a poll's answer has just carried (it awaits the device's next request as proof).
+    const carried = e.carried?.commandId;
+    const command = this.read(() => this.o.port.undelivered(e.productKey, e.deviceName, 2)).find((c) => c.id !== carried);
     if (command === undefined) return;
     const messageId = this.o.allocMessageId();
     // RFC 7252 §5.3.1: our request's token; the device's response echoes it (§5.3.2).

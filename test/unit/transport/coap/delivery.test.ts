@@ -96,3 +96,64 @@ describe('CommandDelivery memory', () => {
     expect(d.stats().devices).toBe(0);
   });
 });
+
+describe('CommandDelivery: a poll and a push in the same wake-up', () => {
+  const TOPIC = '/sys/pk/dn/thing/service/property/set';
+  const device = { productKey: 'pk', deviceName: 'dn' };
+
+  /** Push mode over a fake queue of two commands; `sent` collects the pushed datagrams' payloads. */
+  function setup() {
+    const queue: Command[] = ['x', 'y'].map((id, i) => ({ ...command(TOPIC, Buffer.from(`{"id":"${i + 1}"}`)), id, msgId: String(i + 1) }));
+    const sent: string[] = [];
+    let wake: ((pk: string, dn: string) => void) | undefined;
+    const port: DownlinkPort = {
+      undelivered: (_pk, _dn, limit = 100) => queue.filter((c) => c.state === 'queued' || c.state === 'sent').slice(0, limit),
+      hasUndelivered: () => queue.some((c) => c.state === 'queued' || c.state === 'sent'),
+      markSent: (id) => void (queue.find((c) => c.id === id)!.state = 'sent'),
+      markDelivered: (id) => void (queue.find((c) => c.id === id)!.state = 'delivered'),
+      attach: (c: DeliveryChannel) => {
+        wake = c.wake;
+        return () => {};
+      },
+    };
+    const d = new CommandDelivery({
+      port,
+      mode: () => ({ delivery: 'push', windowS: 20 }),
+      send: (bytes: Buffer) => void sent.push(parse(bytes).payload.toString()),
+      allocMessageId: () => 7,
+      ingest: async () => ({ committed: 1, deadLettered: false }),
+      logger: silentLogger,
+      ackTimeoutMs: 2000,
+      ackRandomFactor: 1.5,
+      maxRetransmit: 4,
+      exchangeLifetimeMs: 247_000,
+      random: () => 0,
+      monotonic: () => 0,
+      now: () => 0,
+      maxDevices: 10,
+    });
+    d.start();
+    return { d, sent, wake: () => wake!('pk', 'dn') };
+  }
+
+  it('a poll while a command is being pushed gets the next command, not the same one again', () => {
+    const { d, sent } = setup();
+    d.seen(device, '10.0.0.1', 5683, undefined);
+    d.afterUplink(device);
+    expect(sent).toEqual(['{"id":"1"}']);
+    const carry = d.forPoll({ ...device, topic: '/sys/pk/dn/thing/service' }, Buffer.from([1]), undefined);
+    expect(carry?.command.id).toBe('y');
+    d.stop();
+  });
+
+  it('a push after a poll answer does not send the command that answer carried', () => {
+    const { d, sent, wake } = setup();
+    d.seen(device, '10.0.0.1', 5683, undefined);
+    const carry = d.forPoll({ ...device, topic: '/sys/pk/dn/thing/service' }, Buffer.from([1]), undefined);
+    expect(carry?.command.id).toBe('x');
+    d.handedOut(device, carry!.command, 'coap-poll', true, 'dedup-1', 64, '10.0.0.1', 5683);
+    wake();
+    expect(sent).toEqual(['{"id":"2"}']);
+    d.stop();
+  });
+});
