@@ -14,6 +14,7 @@ import type { Product, Registry } from '../registry/index.js';
 import { deviceRefusal } from '../registry/index.js';
 import { validateParams } from '../thing-model/index.js';
 import type { Logger, RawMessage, TelemetryRecord, Transport } from '../types.js';
+import { RateLimiter } from '../util/rate-limiter.js';
 import { uuidv7 } from '../util/uuidv7.js';
 import { buildCommand, parseCommandRequest, REQUEST_ID_MAX, type BuiltCommand } from './build.js';
 import { CommandStore, type ListFilter } from './store.js';
@@ -64,6 +65,8 @@ export interface DownlinkStats {
   repeated: number;
   /** Submissions refused, by error code. */
   refused: Record<string, number>;
+  /** Upstream commands refused past REFUSAL_RECORDS' rate, for which no "refused" record was written. */
+  refusalRecordsSuppressed: number;
   /** Device replies that matched no open command. */
   unmatchedReplies: number;
 }
@@ -96,6 +99,9 @@ export interface Downlink extends DownlinkPort {
   stats(): DownlinkStats;
 }
 
+/** "refused" records per upstream (source): 20 a second, up to 100 at once. */
+export const REFUSAL_RECORDS = { perSecond: 20, burst: 100 } as const;
+
 /** The queue's file: downlink.path, or commands.db in the folder of storage.path. */
 export function commandsPath(configured: string | null, storagePath: string): string {
   return configured ?? path.join(path.dirname(storagePath), 'commands.db');
@@ -110,7 +116,9 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
   const listeners = new Set<(change: CommandChange) => void>();
   /** `${pk}/${dn}` -> undelivered (queued or sent) commands: the transports' cheap check per uplink. */
   const undeliveredCount = new Map<string, number>();
-  const counters = { submitted: 0, repeated: 0, refused: {} as Record<string, number>, unmatchedReplies: 0 };
+  const counters = { submitted: 0, repeated: 0, refused: {} as Record<string, number>, refusalRecordsSuppressed: 0, unmatchedReplies: 0 };
+  const refusalRecords = new RateLimiter(REFUSAL_RECORDS, 1024, now());
+  let refusalWarnAt = 0;
   let byState: Record<CommandState, number> = { queued: 0, sent: 0, delivered: 0, 'replied-ok': 0, 'replied-error': 0, expired: 0, cancelled: 0 };
   let byStateAt = -Infinity;
 
@@ -342,6 +350,16 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
         // Not a refusal of the command: no "refused" record, no PUBACK; the broker sends it again.
         if (err.fault === 'storage') throw err;
         opts.logger.debug({ productKey, deviceName, source, code: err.code, err: err.message }, 'upstream command refused');
+        // A refusal record goes to every upstream: an application publishing junk (to made-up device
+        // names, say) must not turn into a stream of records, so each source has a bucket of them.
+        if (refusalRecords.take(source, now()) > 0) {
+          counters.refusalRecordsSuppressed++;
+          if (now() >= refusalWarnAt) {
+            refusalWarnAt = now() + 10_000;
+            opts.logger.warn({ source, suppressed: counters.refusalRecordsSuppressed }, `upstream commands refused faster than ${REFUSAL_RECORDS.perSecond}/s: no "refused" record for the rest (counted)`);
+          }
+          return null;
+        }
         await opts.records.append([refusalRecord(productKey, deviceName, source, body, err)]);
         return null;
       }
@@ -445,6 +463,7 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
         submitted: counters.submitted,
         repeated: counters.repeated,
         refused: { ...counters.refused },
+        refusalRecordsSuppressed: counters.refusalRecordsSuppressed,
         unmatchedReplies: counters.unmatchedReplies,
       };
     },

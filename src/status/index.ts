@@ -30,7 +30,7 @@ export interface StatusSources {
   /** Device liveness by state and rat (src/downlink/liveness.ts); absent or null: not shown. */
   devices?(): DevicesByState | null;
   /** Commands in the queue by state (src/downlink); absent or null: not shown. */
-  commands?(): { byState: Record<CommandState, number>; submitted: number; repeated: number; refused: Record<string, number>; unmatchedReplies: number } | null;
+  commands?(): { byState: Record<CommandState, number>; submitted: number; repeated: number; refused: Record<string, number>; refusalRecordsSuppressed: number; unmatchedReplies: number } | null;
 }
 
 export interface StatusServerOptions {
@@ -198,6 +198,7 @@ export function createMetricsRegistry(s: StatusSources): client.Registry {
   counter('wanwu_commands_repeated_total', 'Submissions that repeated a requestId and got the command already queued', [], () => [[{}, s.commands?.()?.repeated ?? 0]]);
   counter('wanwu_commands_refused_total', 'Commands refused at submission, by error code', ['code'], () =>
     Object.entries(s.commands?.()?.refused ?? {}).map(([code, n]): [Record<string, string>, number] => [{ code }, n]));
+  counter('wanwu_commands_refusal_records_suppressed_total', 'Upstream commands refused too fast for each to get a "refused" record', [], () => [[{}, s.commands?.()?.refusalRecordsSuppressed ?? 0]]);
   counter('wanwu_command_replies_unmatched_total', 'Device replies that matched no open command', [], () => [[{}, s.commands?.()?.unmatchedReplies ?? 0]]);
   return registry;
 }

@@ -15,13 +15,15 @@ import type { WanwuError } from '../../errors.js';
 import type { IngestHandler, Logger, RawMessage } from '../../types.js';
 import type { CoapAuthOptions, CoapAuthStats } from './auth.js';
 import type { CoapCommandStats, CoapDownlinkMode } from './delivery.js';
-import type { RateSpec, RefusalReason } from './limits.js';
+import type { RateSpec } from '../../util/rate-limiter.js';
+import type { RefusalReason } from './limits.js';
 import { createListener } from './listener.js';
 
 export type { AuthRefusalReason, CoapAuthConfig, CoapAuthMode, CoapAuthOptions, CoapAuthStats } from './auth.js';
 export { AUTH_REFUSAL_REASONS, OPT_AUTH_SEQ, OPT_AUTH_TOKEN } from './auth.js';
 
-export type { RateSpec, RefusalReason } from './limits.js';
+export type { RateSpec } from '../../util/rate-limiter.js';
+export type { RefusalReason } from './limits.js';
 export type { CoapCommandStats, CoapDownlinkMode } from './delivery.js';
 export { CONTENT_FORMAT_OCTET_STREAM, OPT_COMMANDS_PENDING, OPT_LOCATION_PATH } from './delivery.js';
 export { REFUSAL_REASONS } from './limits.js';

@@ -32,7 +32,8 @@ import { Reassembler } from './block1.js';
 import { decryptPayload, encodeSealed } from './encryption.js';
 import { GenerationalMap } from './dedup.js';
 import type { CoapLimits, CoapListener, CoapListenerOptions, CoapListenerStats } from './index.js';
-import { isLoopback, RateLimiter, REFUSAL_REASONS, type RefusalReason } from './limits.js';
+import { RateLimiter } from '../../util/rate-limiter.js';
+import { isLoopback, REFUSAL_REASONS, type RefusalReason } from './limits.js';
 import {
   ACK_RANDOM_FACTOR,
   ACK_TIMEOUT_MS,

@@ -368,6 +368,24 @@ describe('downlink (real SQLite file, fake clock, fake record sink)', () => {
   });
 
   describe('submitMessage (an upstream command topic)', () => {
+    it('writes "refused" records at most 20 a second per source (burst 100), counting the rest', async () => {
+      const { downlink, records, clock } = await setup();
+      const junk = (i: number) => Buffer.from(JSON.stringify({ raw: '00', requestId: `junk-${i}` }));
+      const refusedRecords = () => records.filter((r) => r.data.state === 'refused').length;
+      for (let i = 0; i < 150; i++) expect(await downlink.submitMessage(PK, `made-up-${i}`, junk(i), 'upstream:cloud')).toBeNull();
+      expect(refusedRecords()).toBe(100);
+      expect(downlink.stats()).toMatchObject({ refusalRecordsSuppressed: 50, refused: { WANWU_ERR_UNKNOWN_DEVICE: 150 } });
+      // Another upstream has its own bucket; one second refills 20.
+      await downlink.submitMessage(PK, 'made-up', junk(0), 'upstream:other');
+      expect(refusedRecords()).toBe(101);
+      clock.now += 1000;
+      for (let i = 0; i < 25; i++) await downlink.submitMessage(PK, `made-up-${i}`, junk(i), 'upstream:cloud');
+      expect(refusedRecords()).toBe(121);
+      expect(downlink.stats().refusalRecordsSuppressed).toBe(55);
+      // Good commands are never limited.
+      expect(await downlink.submitMessage(PK, DN, Buffer.from('{"raw":"01"}'), 'upstream:cloud')).toMatchObject({ state: 'queued' });
+    });
+
     it('queues a JSON command with its source and requestId', async () => {
       const { downlink, records } = await setup();
       const c = await downlink.submitMessage(PK, DN, Buffer.from(JSON.stringify({ method: SET, params: { workMode: 2 }, requestId: 'cloud-42' })), 'upstream:cloud');
