@@ -5,7 +5,7 @@
 import { generate, parse, type Option, type Packet } from 'coap-packet';
 import { describe, expect, it } from 'vitest';
 import type { Command, DeliveryChannel, DownlinkPort } from '../../../../src/downlink/types.js';
-import { CommandDelivery, commandSpec, type CoapDownlinkMode } from '../../../../src/transport/coap/delivery.js';
+import { CommandDelivery, commandSpec, type CoapDownlinkMode, type DeliveryOptions } from '../../../../src/transport/coap/delivery.js';
 import { inspectRequest } from '../../../../src/transport/coap/request.js';
 import { encodeResponse } from '../../../../src/transport/coap/responses.js';
 import { silentLogger } from '../../../helpers/index.js';
@@ -60,6 +60,25 @@ describe('commandSpec', () => {
   });
 });
 
+/** A CommandDelivery on a fixed clock with RFC 7252's default timers; `o` sets the queue, mode and sink. */
+function delivery(o: Pick<DeliveryOptions, 'port' | 'mode'> & Partial<DeliveryOptions>): CommandDelivery {
+  return new CommandDelivery({
+    send: () => {},
+    allocMessageId: () => 1,
+    ingest: async () => ({ committed: 1, deadLettered: false }),
+    logger: silentLogger,
+    ackTimeoutMs: 2000,
+    ackRandomFactor: 1.5,
+    maxRetransmit: 4,
+    exchangeLifetimeMs: 247_000,
+    random: () => 0,
+    monotonic: () => 0,
+    now: () => 0,
+    maxDevices: 10,
+    ...o,
+  });
+}
+
 describe('CommandDelivery memory', () => {
   it('holds at most maxDevices entries, dropping the least recently seen, and none for piggyback devices without commands', () => {
     let mode: CoapDownlinkMode = { delivery: 'push', windowS: 20 };
@@ -70,22 +89,7 @@ describe('CommandDelivery memory', () => {
       markDelivered: () => {},
       attach: (_c: DeliveryChannel) => () => {},
     };
-    const d = new CommandDelivery({
-      port,
-      mode: () => mode,
-      send: () => {},
-      allocMessageId: () => 1,
-      ingest: async () => ({ committed: 1, deadLettered: false }),
-      logger: silentLogger,
-      ackTimeoutMs: 2000,
-      ackRandomFactor: 1.5,
-      maxRetransmit: 4,
-      exchangeLifetimeMs: 247_000,
-      random: () => 0,
-      monotonic: () => 0,
-      now: () => 0,
-      maxDevices: 1000,
-    });
+    const d = delivery({ port, mode: () => mode, maxDevices: 1000 });
     d.start();
     for (let i = 0; i < 1500; i++) d.seen({ productKey: 'pk', deviceName: `d${i}` }, '10.0.0.1', 1000 + i, undefined);
     expect(d.stats()).toMatchObject({ devices: 1000, evicted: 500 });
@@ -116,22 +120,7 @@ describe('CommandDelivery: a poll and a push in the same wake-up', () => {
         return () => {};
       },
     };
-    const d = new CommandDelivery({
-      port,
-      mode: () => ({ delivery: 'push', windowS: 20 }),
-      send: (bytes: Buffer) => void sent.push(parse(bytes).payload.toString()),
-      allocMessageId: () => 7,
-      ingest: async () => ({ committed: 1, deadLettered: false }),
-      logger: silentLogger,
-      ackTimeoutMs: 2000,
-      ackRandomFactor: 1.5,
-      maxRetransmit: 4,
-      exchangeLifetimeMs: 247_000,
-      random: () => 0,
-      monotonic: () => 0,
-      now: () => 0,
-      maxDevices: 10,
-    });
+    const d = delivery({ port, mode: () => ({ delivery: 'push', windowS: 20 }), send: (bytes: Buffer) => void sent.push(parse(bytes).payload.toString()) });
     d.start();
     return { d, sent, wake: () => wake!('pk', 'dn') };
   }
