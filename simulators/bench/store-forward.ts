@@ -224,6 +224,23 @@ export function formatFigures(figures: readonly BenchFigure[]): string {
   return [line(rows[0]!), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.slice(1).map(line)].join('\n');
 }
 
+/** The rows that need a mosquitto upstream (none, with a note, when it is not installed). */
+async function benchUpstream(dir: string, records: number, backlog: number): Promise<BenchFigure[]> {
+  if (!which('mosquitto')) {
+    process.stderr.write('mosquitto is not installed: skipping the forwarding figures (apt-get install -y mosquitto)\n');
+    return [];
+  }
+  const broker = new Mosquitto(dir);
+  await broker.start();
+  try {
+    const figures = [...(await benchForward(dir, records, broker.url)), ...(await benchBacklogDrain(dir, 5000, 10, broker))];
+    if (backlog > 0) figures.push(...(await benchLargeBacklog(dir, backlog, broker.url)));
+    return figures;
+  } finally {
+    await broker.stop();
+  }
+}
+
 async function main(argv: string[]): Promise<void> {
   const arg = (name: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined);
   const records = Number(arg('--records') ?? 200_000);
@@ -233,21 +250,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     figures.push(...(await benchAppend(dir, records)));
     // --append-only: just those rows, for repeating them in fresh processes (README, Benchmarks).
-    if (argv.includes('--append-only')) {
-      // nothing more
-    } else if (!which('mosquitto')) {
-      process.stderr.write('mosquitto is not installed: skipping the forwarding figures (apt-get install -y mosquitto)\n');
-    } else {
-      const broker = new Mosquitto(dir);
-      await broker.start();
-      try {
-        figures.push(...(await benchForward(dir, records, broker.url)));
-        figures.push(...(await benchBacklogDrain(dir, 5000, 10, broker)));
-        if (backlog > 0) figures.push(...(await benchLargeBacklog(dir, backlog, broker.url)));
-      } finally {
-        await broker.stop();
-      }
-    }
+    if (!argv.includes('--append-only')) figures.push(...(await benchUpstream(dir, records, backlog)));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -352,10 +352,11 @@ export function createDownlink(opts: DownlinkOptions): Downlink {
         opts.logger.debug({ productKey, deviceName, source, code: err.code, err: err.message }, 'upstream command refused');
         // A refusal record goes to every upstream: an application publishing junk (to made-up device
         // names, say) must not turn into a stream of records, so each source has a bucket of them.
-        if (refusalRecords.take(source, now()) > 0) {
+        const t = now();
+        if (refusalRecords.take(source, t) > 0) {
           counters.refusalRecordsSuppressed++;
-          if (now() >= refusalWarnAt) {
-            refusalWarnAt = now() + 10_000;
+          if (t >= refusalWarnAt) {
+            refusalWarnAt = t + 10_000;
             opts.logger.warn({ source, suppressed: counters.refusalRecordsSuppressed }, `upstream commands refused faster than ${REFUSAL_RECORDS.perSecond}/s: no "refused" record for the rest (counted)`);
           }
           return null;
